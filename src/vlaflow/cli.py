@@ -1,0 +1,105 @@
+"""`vlaflow <command>`: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from vlaflow.inference.example import load_model, run_example
+
+    model, tokenizer = load_model(
+        checkpoint=args.checkpoint, preset_name=args.preset, tokenizer_path=args.tokenizer, seed=args.seed
+    )
+    c = model.config
+    source = args.checkpoint or f"preset {args.preset} (random weights)"
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {source}: {'pi0.5' if c.pi05 else 'pi0'}, {millions:.1f} M parameters,")
+    print(
+        f"       {len(c.image_keys)} cameras at {c.vision.image_size} px, action horizon {c.action_horizon}"
+    )
+    result = run_example(
+        model, tokenizer, prompt=args.prompt, batch_size=args.batch_size, steps=args.steps, seed=args.seed
+    )
+    first = result.actions[0, 0, :7]
+    print(f"prompt: {args.prompt!r} -> {result.prompt_tokens} tokens")
+    print(
+        f"actions: shape {result.actions.shape} in {result.seconds * 1e3:.0f} ms ({args.steps} Euler steps)"
+    )
+    print("first action (first 7 dims): " + " ".join(f"{v:+.3f}" for v in first))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vlaflow.interop.openpi import load_pytorch_checkpoint
+    from vlaflow.pretrained import save_pretrained
+    from vlaflow.tokenizers import PaliGemmaTokenizer
+
+    model = load_pytorch_checkpoint(
+        args.checkpoint,
+        pi05=args.pi05,
+        paligemma_variant=args.paligemma_variant,
+        action_expert_variant=args.action_expert_variant,
+        action_horizon=args.action_horizon,
+        action_dim=args.action_dim,
+        max_token_len=args.max_token_len,
+        dtype=getattr(torch, args.dtype),
+    )
+    tokenizer = PaliGemmaTokenizer(args.tokenizer) if args.tokenizer else None
+    out = save_pretrained(
+        args.output, model, tokenizer=tokenizer, metadata={"converted_from": str(args.checkpoint)}
+    )
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    infer = commands.add_parser(
+        "infer", help="one inference on a synthetic observation (tiny random model by default)"
+    )
+    infer.add_argument("--preset", default="pi05_tiny", help="model preset when no --checkpoint is given")
+    infer.add_argument("--checkpoint", type=Path, help="a vlaflow model directory")
+    infer.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model (for full-size models)")
+    infer.add_argument("--prompt", default="pick up the red block and put it in the bowl")
+    infer.add_argument("--batch-size", type=int, default=1)
+    infer.add_argument("--steps", type=int, default=10)
+    infer.add_argument("--seed", type=int, default=0)
+    infer.set_defaults(run=_infer)
+
+    convert = commands.add_parser(
+        "convert", help="openpi / LeRobot model.safetensors -> vlaflow model directory"
+    )
+    convert.add_argument("checkpoint", type=Path, help="model.safetensors or a directory holding one")
+    convert.add_argument("--output", type=Path, required=True)
+    variant = convert.add_mutually_exclusive_group(required=True)
+    variant.add_argument("--pi05", dest="pi05", action="store_true")
+    variant.add_argument("--pi0", dest="pi05", action="store_false")
+    convert.add_argument("--paligemma-variant", default="gemma_2b")
+    convert.add_argument("--action-expert-variant", default="gemma_300m")
+    convert.add_argument("--action-horizon", type=int, default=50)
+    convert.add_argument("--action-dim", type=int, default=32)
+    convert.add_argument("--max-token-len", type=int, help="default: 48 (pi0) / 200 (pi0.5)")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    convert.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model to record with the model")
+    convert.set_defaults(run=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"vlaflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running trained policies: from raw observations to actions."""

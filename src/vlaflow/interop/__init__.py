@@ -1,0 +1,1 @@
+"""Reading and writing other projects' checkpoint formats (openpi, LeRobot)."""

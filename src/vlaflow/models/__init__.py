@@ -1,0 +1,17 @@
+"""Neural-network code only: no file, data, server or simulator knowledge lives here."""
+
+from vlaflow.models.config import GemmaConfig, SiglipConfig, VLAConfig
+from vlaflow.models.observation import Observation
+from vlaflow.models.presets import PRESETS, preset, reference_config
+from vlaflow.models.vla import VLA
+
+__all__ = [
+    "PRESETS",
+    "VLA",
+    "GemmaConfig",
+    "Observation",
+    "SiglipConfig",
+    "VLAConfig",
+    "preset",
+    "reference_config",
+]

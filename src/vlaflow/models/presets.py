@@ -1,0 +1,86 @@
+"""Named model sizes: the reference's variants and tiny CPU models.
+
+`gemma_2b`, `gemma_300m` and `dummy` are the reference's Gemma variants; `so400m` its vision
+tower. The reference's `dummy` models keep the full So400m vision tower (projected down to the
+dummy width). `*_tiny` presets are small enough to train from scratch on a CPU; they use the
+embedded byte-level tokenizer, whose vocabulary size `EMBEDDED_VOCAB_SIZE` must match
+`vlaflow.tokenizers.EmbeddedTokenizer` (a test checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlaflow.models.config import GemmaConfig, SiglipConfig, VLAConfig
+
+GEMMA_VARIANTS = {
+    "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
+    "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+}
+SO400M = SiglipConfig()
+TINY_VISION = SiglipConfig(image_size=112, patch_size=14, width=96, depth=3, mlp_dim=192, num_heads=4)
+TINY_VLM = GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
+TINY_EXPERT = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
+PALIGEMMA_VOCAB_SIZE = 257_152
+EMBEDDED_VOCAB_SIZE = 3_332
+
+
+def reference_config(
+    *,
+    pi05: bool,
+    paligemma_variant: str = "gemma_2b",
+    action_expert_variant: str = "gemma_300m",
+    action_horizon: int = 50,
+    action_dim: int = 32,
+    max_token_len: int | None = None,
+) -> VLAConfig:
+    """A config with the reference's architecture, named the way openpi's `Pi0Config` names it."""
+    for name, variant in (
+        ("paligemma_variant", paligemma_variant),
+        ("action_expert_variant", action_expert_variant),
+    ):
+        if variant not in GEMMA_VARIANTS:
+            raise ValueError(f"{name}={variant!r}: expected one of {sorted(GEMMA_VARIANTS)}")
+    return VLAConfig(
+        vision=SO400M,
+        vlm=GEMMA_VARIANTS[paligemma_variant],
+        expert=GEMMA_VARIANTS[action_expert_variant],
+        pi05=pi05,
+        vocab_size=PALIGEMMA_VOCAB_SIZE,
+        action_dim=action_dim,
+        action_horizon=action_horizon,
+        max_token_len=max_token_len if max_token_len is not None else (200 if pi05 else 48),
+    )
+
+
+def _tiny(pi05: bool) -> VLAConfig:
+    return VLAConfig(
+        vision=TINY_VISION,
+        vlm=TINY_VLM,
+        expert=TINY_EXPERT,
+        pi05=pi05,
+        vocab_size=EMBEDDED_VOCAB_SIZE,
+        max_token_len=128 if pi05 else 64,
+    )
+
+
+PRESETS = {
+    "pi0": lambda: reference_config(pi05=False),
+    "pi05": lambda: reference_config(pi05=True),
+    "pi0_dummy": lambda: reference_config(
+        pi05=False, paligemma_variant="dummy", action_expert_variant="dummy"
+    ),
+    "pi05_dummy": lambda: reference_config(
+        pi05=True, paligemma_variant="dummy", action_expert_variant="dummy"
+    ),
+    "pi0_tiny": lambda: _tiny(pi05=False),
+    "pi05_tiny": lambda: _tiny(pi05=True),
+}
+
+
+def preset(name: str, **overrides: Any) -> VLAConfig:
+    """The named config, with any top-level field replaced (e.g. `action_horizon=10`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]().replace(**overrides)

@@ -1,0 +1,30 @@
+"""Tokenizers behind one interface, and the reference's prompt formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlaflow.tokenizers.base import Tokenizer
+from vlaflow.tokenizers.embedded import EmbeddedTokenizer
+from vlaflow.tokenizers.paligemma import PaliGemmaTokenizer
+from vlaflow.tokenizers.prompts import discretize_state, tokenize_prompt
+
+
+def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its `spec()` (as stored with a checkpoint)."""
+    kind = spec.get("kind")
+    if kind == "embedded":
+        return EmbeddedTokenizer()
+    if kind == "paligemma":
+        return PaliGemmaTokenizer(spec["path"])
+    raise ValueError(f"tokenizer spec {spec}: 'kind' must be 'embedded' or 'paligemma'")
+
+
+__all__ = [
+    "EmbeddedTokenizer",
+    "PaliGemmaTokenizer",
+    "Tokenizer",
+    "discretize_state",
+    "load_tokenizer",
+    "tokenize_prompt",
+]

@@ -1,0 +1,65 @@
+"""Prompt formats exactly as the reference writes them, and the pi0.5 state discretization.
+
+pi0:   BOS + cleaned prompt + "\\n"            (the newline encoded separately, as "start of answer")
+pi0.5: BOS + "Task: {prompt}, State: {b1 b2 ... bN};\\nAction: "
+where the prompt is stripped with `_` and newlines replaced by spaces, and b_i are the state's
+256-bin indices. Tokens are padded with id 0 (mask False) or truncated to `max_len`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from vlaflow.tokenizers.base import Tokenizer
+
+log = logging.getLogger(__name__)
+STATE_BINS = 256
+
+
+def clean_prompt(prompt: str) -> str:
+    return prompt.strip().replace("_", " ").replace("\n", " ")
+
+
+def discretize_state(state: np.ndarray) -> np.ndarray:
+    """Normalized state (N,) -> bin indices in [0, 255] of 256 uniform bins on [-1, 1].
+
+    Same bins as the reference (`digitize(state, linspace(-1, 1, 257)[:-1]) - 1`), but clipped:
+    the reference writes "-1" for values below -1, a token sequence it never trained on.
+    """
+    state = np.asarray(state, dtype=np.float64)
+    if state.ndim != 1:
+        raise ValueError(f"state: expected a 1-d vector (N,), got shape {state.shape}")
+    bins = np.digitize(state, bins=np.linspace(-1, 1, STATE_BINS + 1)[:-1]) - 1
+    return np.clip(bins, 0, STATE_BINS - 1)
+
+
+def pi05_prompt_text(prompt: str, state: np.ndarray) -> str:
+    state_text = " ".join(str(b) for b in discretize_state(state))
+    return f"Task: {clean_prompt(prompt)}, State: {state_text};\nAction: "
+
+
+def prompt_token_ids(tokenizer: Tokenizer, prompt: str, state: np.ndarray | None, *, pi05: bool) -> list[int]:
+    """Unpadded ids of the model's prompt; pi0.5 needs the normalized raw-dimension `state`."""
+    if pi05:
+        if state is None:
+            raise ValueError("pi0.5 prompts include the discretized state: pass the normalized state (N,)")
+        return tokenizer.encode(pi05_prompt_text(prompt, state), add_bos=True)
+    return tokenizer.encode(clean_prompt(prompt), add_bos=True) + tokenizer.encode("\n")
+
+
+def pad_tokens(ids: list[int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int64 [max_len], mask bool [max_len]); longer inputs are truncated with a warning."""
+    if len(ids) > max_len:
+        log.warning("prompt has %d tokens, truncated to max_token_len=%d", len(ids), max_len)
+        ids = ids[:max_len]
+    tokens = np.zeros(max_len, dtype=np.int64)
+    tokens[: len(ids)] = ids
+    return tokens, np.arange(max_len) < len(ids)
+
+
+def tokenize_prompt(
+    tokenizer: Tokenizer, prompt: str, state: np.ndarray | None, *, pi05: bool, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    return pad_tokens(prompt_token_ids(tokenizer, prompt, state, pi05=pi05), max_len)
