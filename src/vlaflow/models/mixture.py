@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vlaflow.models.config import GemmaConfig
 from vlaflow.models.gemma import GemmaStack, apply_rope, rope_tables
@@ -74,6 +75,7 @@ class MixtureTransformer(nn.Module):
         self.insulate = insulate
         self.num_heads, self.num_kv_heads, self.head_dim = vlm.num_heads, vlm.num_kv_heads, vlm.head_dim
         self.rope_base = vlm.rope_base
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -83,6 +85,7 @@ class MixtureTransformer(nn.Module):
         conds: list[Tensor | None],
         cache: KVCache | None = None,
         offset: int = 0,
+        keep: tuple[bool, ...] = (True, True),
     ) -> list[Tensor | None]:
         """Run all layers over the tokens of this pass.
 
@@ -92,7 +95,10 @@ class MixtureTransformer(nn.Module):
         conds[e]: (B, width_e) adaRMS condition for an adaptive expert, else None.
         cache/offset: with a cache, this pass's K/V go to slots [offset, offset + Lq) and the
         attention reads slots [0, offset + Lq); without one, offset must be 0.
-        Returns each expert's final-normed hidden states (None where it had no tokens).
+        keep[e]: whether expert e's outputs are wanted. The last layer skips the attention, output
+        projection and MLP of the others (the flow loss and the prefill only need the VLM's keys
+        and values), which also leaves those weights out of the graph.
+        Returns each expert's final-normed hidden states (None where it had no tokens or is not kept).
         """
         present = [e for e, x in enumerate(inputs) if x is not None]
         if not present:
@@ -103,8 +109,12 @@ class MixtureTransformer(nn.Module):
         dtype = xs[present[0]].dtype
         cos, sin = rope_tables(positions, self.head_dim, self.rope_base, dtype)
         mask = mask[:, None]  # broadcast over heads
-        for i in range(len(self.experts[0].layers)):
-            xs = self._layer(i, xs, present, mask, cos, sin, conds, cache, offset)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        depth = len(self.experts[0].layers)
+        for i in range(depth):
+            finishing = present if i < depth - 1 else [e for e in present if keep[e]]
+            args = (i, xs, present, finishing, mask, cos, sin, conds, cache, offset)
+            xs = checkpoint(self._layer, *args, use_reentrant=False) if recompute else self._layer(*args)
         return [None if x is None else self.experts[e].norm(x, conds[e])[0] for e, x in enumerate(xs)]
 
     def _layer(
@@ -112,6 +122,7 @@ class MixtureTransformer(nn.Module):
         i: int,
         xs: list[Tensor | None],
         present: list[int],
+        finishing: list[int],
         mask: Tensor,
         cos: Tensor,
         sin: Tensor,
@@ -138,32 +149,25 @@ class MixtureTransformer(nn.Module):
             cache.values[i][:, :, offset : offset + start] = v
             k, v = cache.keys[i], cache.values[i]
 
-        outputs = []
-        for e in present:
+        out: list[Tensor | None] = [None] * len(xs)
+        for e in finishing:
             lo, hi = spans[e]
             keys, values = k[:, :, : offset + hi], v[:, :, : offset + hi]
             if self.insulate and e == EXPERT:
                 own = offset + lo
                 keys = torch.cat([keys[:, :, :own].detach(), keys[:, :, own:]], dim=2)
                 values = torch.cat([values[:, :, :own].detach(), values[:, :, own:]], dim=2)
-            outputs.append(
-                F.scaled_dot_product_attention(
-                    q[:, :, lo:hi],
-                    keys,
-                    values,
-                    attn_mask=mask[:, :, lo:hi, : offset + hi],
-                    scale=self.head_dim**-0.5,
-                    enable_gqa=self.num_heads != self.num_kv_heads,
-                )
+            attn = F.scaled_dot_product_attention(
+                q[:, :, lo:hi],
+                keys,
+                values,
+                attn_mask=mask[:, :, lo:hi, : offset + hi],
+                scale=self.head_dim**-0.5,
+                enable_gqa=self.num_heads != self.num_kv_heads,
             )
-        attn = torch.cat(outputs, dim=2)
-        attn = attn.transpose(1, 2).reshape(attn.shape[0], attn.shape[2], -1)
-
-        out = list(xs)
-        for e in present:
+            attn = attn.transpose(1, 2).reshape(attn.shape[0], hi - lo, -1)
             layer = self.experts[e].layers[i]
-            lo, hi = spans[e]
-            x = _residual(xs[e], layer.o_proj(attn[:, lo:hi]), gates[e])
+            x = _residual(xs[e], layer.o_proj(attn), gates[e])
             h, gate = layer.mlp_norm(x, conds[e])
             out[e] = _residual(x, layer.mlp(h), gate)
         return out

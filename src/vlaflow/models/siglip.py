@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vlaflow.models.config import SiglipConfig
 
@@ -66,12 +67,14 @@ class SiglipEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(config.num_patches, config.width))
         self.blocks = nn.ModuleList(SiglipBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=config.norm_eps)
+        self.gradient_checkpointing = False
 
     def forward(self, images: Tensor) -> Tensor:
         patches = self.patch_embed(images.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
         x = patches + self.pos_embed
         compute_dtype = self.blocks[0].attn.q_proj.weight.dtype if len(self.blocks) else x.dtype
         x = x.to(compute_dtype)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return self.norm(x)

@@ -76,6 +76,11 @@ class VLA(nn.Module):
                 nn.init.zeros_(module.modulation.weight)
         nn.init.normal_(self.vision.pos_embed, std=0.02)
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer layer in the backward pass instead of storing activations."""
+        self.vision.gradient_checkpointing = enabled
+        self.transformer.gradient_checkpointing = enabled
+
     @property
     def dtype(self) -> torch.dtype:
         """The compute dtype (norms and the patch embedding may stay float32)."""
@@ -161,7 +166,9 @@ class VLA(nn.Module):
         prefix, segments = self.embed_prefix(obs)
         suffix, cond = self.embed_suffix(obs.state, noisy_actions, time)
         layout = build_layout(segments + self.suffix_segments(obs.batch_size, suffix.device))
-        _, expert_out = self.transformer([prefix, suffix], layout.mask, layout.positions, [None, cond])
+        _, expert_out = self.transformer(
+            [prefix, suffix], layout.mask, layout.positions, [None, cond], keep=(False, True)
+        )
         return self.predict_velocity(expert_out)
 
     def compute_loss(
@@ -200,6 +207,7 @@ class VLA(nn.Module):
             layout.positions[:, :length],
             [None, None],
             cache=cache,
+            keep=(False, False),
         )
         return Prefix(cache, length, layout.mask[:, length:], layout.positions[:, length:], state)
 
