@@ -195,6 +195,17 @@ class ReferencePi0(nn.Module):
         x_t = t * noise + (1 - t) * actions
         return F.mse_loss(noise - actions, self.velocity(obs, x_t, time), reduction="none")
 
+    def materialize_buffers(self):
+        """After building on the meta device: recreate the non-persistent buffers HF registers."""
+        for module in self.modules():
+            if isinstance(module, modeling_gemma.GemmaRotaryEmbedding):
+                inv_freq, _ = module.rope_init_fn(module.config, "cpu")
+                module.inv_freq = inv_freq
+                module.original_inv_freq = inv_freq
+            position_ids = getattr(module, "position_ids", None)
+            if isinstance(position_ids, torch.Tensor) and position_ids.is_meta:
+                module.position_ids = torch.arange(position_ids.shape[-1]).expand(position_ids.shape)
+
     @torch.no_grad()
     def sample_actions(self, obs, noise, num_steps=10):
         dt = torch.tensor(-1.0 / num_steps, dtype=torch.float32)

@@ -60,7 +60,7 @@ def reference_checkpoint(model: VLA, path, *, prefix="", extra=None, drop=()):
 def test_synthetic_reference_checkpoint_round_trips(tmp_path, prefix):
     source = VLA(preset("pi05_tiny"))
     randomize_(source)
-    embed = source.transformer.experts[0].embed.weight
+    embed = source.transformer.embed.weight
     head = {prefix + "paligemma_with_expert.paligemma.lm_head.weight": embed.clone()}
     head[prefix + "paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(3, 64)
     reference_checkpoint(source, tmp_path / "model.safetensors", prefix=prefix, extra=head)

@@ -87,14 +87,22 @@ def test_adarms_starts_as_identity():
         assert torch.equal(gate, torch.zeros_like(gate))
 
 
+def _parameters(model: VLA, expert: int) -> list[torch.nn.Parameter]:
+    t = model.transformer
+    modules = [t.norms[expert], *(layer.experts[expert] for layer in t.layers)] + (
+        [t.embed] if expert == 0 else []
+    )
+    return [p for m in modules for p in m.parameters()]
+
+
 def _grad_norms(model: VLA, insulate: bool) -> tuple[float, float]:
     model = VLA(model.config.replace(knowledge_insulation=insulate))
     randomize_(model)
     obs = make_observation(model.config, batch=2)
     actions = torch.randn(2, model.config.action_horizon, model.config.action_dim)
     model.compute_loss(obs, actions).mean().backward()
-    vlm = sum(p.grad.norm() ** 2 for p in model.transformer.experts[0].parameters() if p.grad is not None)
-    expert = sum(p.grad.norm() ** 2 for p in model.transformer.experts[1].parameters() if p.grad is not None)
+    vlm = sum(p.grad.norm() ** 2 for p in _parameters(model, 0) if p.grad is not None)
+    expert = sum(p.grad.norm() ** 2 for p in _parameters(model, 1) if p.grad is not None)
     return float(vlm), float(expert)
 
 
@@ -117,7 +125,7 @@ def test_text_logits_use_the_tied_embedding(model):
     hidden = torch.randn(2, 3, model.config.vlm.width)
     logits = model.text_logits(hidden)
     assert logits.shape == (2, 3, model.config.vocab_size)
-    assert torch.allclose(logits, hidden @ model.transformer.experts[0].embed.weight.T, atol=1e-5)
+    assert torch.allclose(logits, hidden @ model.transformer.embed.weight.T, atol=1e-5)
 
 
 def test_bfloat16_compute_runs_and_stays_close(model):
@@ -127,8 +135,8 @@ def test_bfloat16_compute_runs_and_stays_close(model):
     half = VLA(model.config).eval()
     half.load_state_dict(model.state_dict())
     half.set_compute_dtype(torch.bfloat16)
-    assert half.transformer.experts[0].layers[0].attn_norm.scale.dtype == torch.float32
-    assert half.transformer.experts[0].layers[0].q_proj.weight.dtype == torch.bfloat16
+    assert half.transformer.layers[0].experts[0].attn_norm.scale.dtype == torch.float32
+    assert half.transformer.layers[0].experts[0].q_proj.weight.dtype == torch.bfloat16
     out = half.sample_actions(obs, noise=noise)
     assert out.dtype == torch.float32
     assert relative_error(out, full) < 0.1

@@ -30,7 +30,6 @@ _RULES = [
     (r"^vision_proj\.", _PG + "multi_modal_projector.linear."),
 ]
 _GEMMA_RULES = [
-    (r"^embed\.", "embed_tokens."),
     (r"^layers\.(\d+)\.([qkvo])_proj\.", r"layers.\1.self_attn.\2_proj."),
     (r"^layers\.(\d+)\.attn_norm\.", r"layers.\1.input_layernorm."),
     (r"^layers\.(\d+)\.mlp_norm\.", r"layers.\1.post_attention_layernorm."),
@@ -46,12 +45,15 @@ _IGNORED = re.compile(
 
 def reference_key(key: str) -> str:
     """The reference's name for one of our parameter names."""
-    stack = re.match(r"^transformer\.experts\.(\d)\.(.*)$", key)
+    if key.startswith("transformer.embed."):
+        return _STACKS["0"] + key.replace("transformer.embed.", "embed_tokens.")
+    stack = re.match(r"^transformer\.(?:layers\.(\d+)\.experts\.(\d)|norms\.(\d))\.(.*)$", key)
     if stack:
-        inner = stack.group(2)
+        layer, expert, norm_of, inner = stack.groups()
+        inner = f"layers.{layer}.{inner}" if layer is not None else f"norm.{inner}"
         for pattern, replacement in _GEMMA_RULES:
             inner = re.sub(pattern, replacement, inner)
-        return _STACKS[stack.group(1)] + inner
+        return _STACKS[expert if layer is not None else norm_of] + inner
     for pattern, replacement in _RULES:
         if re.search(pattern, key):
             return re.sub(pattern, replacement, key)

@@ -1,4 +1,4 @@
-"""Gemma decoder pieces: RMS norms (plain and adaptive), gated-GELU MLP, RoPE, one decoder stack.
+"""Gemma decoder pieces: RMS norms (plain and adaptive), gated-GELU MLP, RoPE, one expert's layer.
 
 Attention itself is not here: the two experts attend jointly, so the layer only owns its
 projections and `mixture.py` runs one attention over both experts' tokens.
@@ -90,45 +90,26 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def make_norm(config: GemmaConfig, adaptive: bool) -> RMSNorm | AdaRMSNorm:
+    """An expert's norm: adaptive (time-conditioned) for pi0.5's action expert, plain otherwise."""
+    return (
+        AdaRMSNorm(config.width, config.width, config.norm_eps)
+        if adaptive
+        else RMSNorm(config.width, config.norm_eps)
+    )
+
+
 class GemmaLayer(nn.Module):
-    """One decoder layer's weights: pre-attention norm, Q/K/V/O projections, pre-MLP norm, MLP."""
+    """One expert's weights in one decoder layer: pre-attention norm, Q/K/V/O projections, pre-MLP
+    norm, MLP. The attention itself is joint, run by `mixture.MixtureLayer`."""
 
     def __init__(self, config: GemmaConfig, adaptive: bool):
         super().__init__()
         c = config
-        self.attn_norm = (
-            AdaRMSNorm(c.width, c.width, c.norm_eps) if adaptive else RMSNorm(c.width, c.norm_eps)
-        )
+        self.attn_norm = make_norm(c, adaptive)
         self.q_proj = nn.Linear(c.width, c.num_heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(c.width, c.num_kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.width, c.num_kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.width, bias=False)
-        self.mlp_norm = AdaRMSNorm(c.width, c.width, c.norm_eps) if adaptive else RMSNorm(c.width, c.norm_eps)
+        self.mlp_norm = make_norm(c, adaptive)
         self.mlp = GatedMLP(c.width, c.mlp_dim)
-
-
-class GemmaStack(nn.Module):
-    """The weights of one expert: its layers, its final norm, and (VLM only) the token embedding.
-
-    The output head is tied to the embedding (`logits`), as in PaliGemma.
-    """
-
-    def __init__(self, config: GemmaConfig, *, adaptive: bool, vocab_size: int | None):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(vocab_size, config.width) if vocab_size else None
-        self.layers = nn.ModuleList(GemmaLayer(config, adaptive) for _ in range(config.depth))
-        c = config
-        self.norm = AdaRMSNorm(c.width, c.width, c.norm_eps) if adaptive else RMSNorm(c.width, c.norm_eps)
-
-    def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """Token embeddings scaled by sqrt(width), as Gemma does for text (never for image/action tokens)."""
-        if self.embed is None:
-            raise ValueError("this expert has no token embedding (only the VLM embeds text)")
-        return self.embed(tokens) * (self.config.width**0.5)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """Next-token logits through the tied embedding."""
-        if self.embed is None:
-            raise ValueError("this expert has no token embedding (only the VLM produces text)")
-        return F.linear(hidden, self.embed.weight)

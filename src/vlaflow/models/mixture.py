@@ -2,7 +2,9 @@
 
 Per layer, each expert normalizes its own tokens and projects them to Q/K/V with its own weights;
 RoPE is applied at the joint positions; one attention runs over the joint sequence; each expert
-then applies its own output projection, (gated) residual, norm, MLP and residual.
+then applies its own output projection, (gated) residual, norm, MLP and residual. A
+`MixtureLayer` owns both experts' weights of one layer, so it is the natural unit for activation
+checkpointing and for FSDP sharding (one all-gather per layer).
 
 Expert routing follows the sequence order fixed by `segments.py`: VLM tokens come first, and the
 queries of expert e read only keys up to the end of expert e's tokens, so the VLM's attention
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vlaflow.models.config import GemmaConfig
-from vlaflow.models.gemma import GemmaStack, apply_rope, rope_tables
+from vlaflow.models.gemma import GemmaLayer, apply_rope, make_norm, rope_tables
 from vlaflow.models.segments import EXPERT
 
 
@@ -53,8 +55,78 @@ class KVCache:
         return self.keys[0].shape[2]
 
 
+@dataclass(frozen=True)
+class Pass:
+    """What every layer of one pass shares: which experts have tokens and where, the mask rows,
+    the RoPE tables, the adaRMS conditions, and the cache offset."""
+
+    spans: dict[int, tuple[int, int]]
+    mask: Tensor
+    cos: Tensor
+    sin: Tensor
+    conds: list[Tensor | None]
+    offset: int
+
+
+class MixtureLayer(nn.Module):
+    """Layer i of both experts, and the joint attention between them."""
+
+    def __init__(self, configs: list[GemmaConfig], adaptive: list[bool], insulate: bool):
+        super().__init__()
+        self.experts = nn.ModuleList(GemmaLayer(c, a) for c, a in zip(configs, adaptive, strict=True))
+        c = configs[0]
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.insulate = insulate
+
+    def forward(
+        self,
+        xs: list[Tensor | None],
+        p: Pass,
+        finishing: list[int],
+        cache: tuple[Tensor, Tensor] | None = None,
+    ) -> list[Tensor | None]:
+        qs, ks, vs, gates = [], [], [], {}
+        for e in p.spans:
+            layer = self.experts[e]
+            h, gates[e] = layer.attn_norm(xs[e], p.conds[e])
+            b, n, _ = h.shape
+            qs.append(layer.q_proj(h).view(b, n, self.num_heads, self.head_dim).transpose(1, 2))
+            ks.append(layer.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2))
+            vs.append(layer.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2))
+        q = apply_rope(torch.cat(qs, dim=2), p.cos, p.sin)
+        k = apply_rope(torch.cat(ks, dim=2), p.cos, p.sin)
+        v = torch.cat(vs, dim=2)
+        if cache is not None:
+            cache[0][:, :, p.offset : p.offset + k.shape[2]] = k
+            cache[1][:, :, p.offset : p.offset + v.shape[2]] = v
+            k, v = cache
+
+        out: list[Tensor | None] = [None] * len(xs)
+        for e in finishing:
+            lo, hi = p.spans[e]
+            keys, values = k[:, :, : p.offset + hi], v[:, :, : p.offset + hi]
+            if self.insulate and e == EXPERT:
+                own = p.offset + lo
+                keys = torch.cat([keys[:, :, :own].detach(), keys[:, :, own:]], dim=2)
+                values = torch.cat([values[:, :, :own].detach(), values[:, :, own:]], dim=2)
+            attn = F.scaled_dot_product_attention(
+                q[:, :, lo:hi],
+                keys,
+                values,
+                attn_mask=p.mask[:, :, lo:hi, : p.offset + hi],
+                scale=self.head_dim**-0.5,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )
+            attn = attn.transpose(1, 2).reshape(attn.shape[0], hi - lo, -1)
+            layer = self.experts[e]
+            x = _residual(xs[e], layer.o_proj(attn), gates[e])
+            h, gate = layer.mlp_norm(x, p.conds[e])
+            out[e] = _residual(x, layer.mlp(h), gate)
+        return out
+
+
 class MixtureTransformer(nn.Module):
-    """The VLM stack (expert 0) and the action expert (expert 1), attending jointly."""
+    """The VLM (expert 0, with the token embedding) and the action expert (expert 1), attending jointly."""
 
     def __init__(
         self,
@@ -66,16 +138,20 @@ class MixtureTransformer(nn.Module):
         insulate: bool,
     ):
         super().__init__()
-        self.experts = nn.ModuleList(
-            [
-                GemmaStack(vlm, adaptive=False, vocab_size=vocab_size),
-                GemmaStack(expert, adaptive=adaptive_expert, vocab_size=None),
-            ]
-        )
-        self.insulate = insulate
-        self.num_heads, self.num_kv_heads, self.head_dim = vlm.num_heads, vlm.num_kv_heads, vlm.head_dim
-        self.rope_base = vlm.rope_base
+        self.vlm_config = vlm
+        adaptive = [False, adaptive_expert]
+        self.embed = nn.Embedding(vocab_size, vlm.width)
+        self.layers = nn.ModuleList(MixtureLayer([vlm, expert], adaptive, insulate) for _ in range(vlm.depth))
+        self.norms = nn.ModuleList(make_norm(c, a) for c, a in zip([vlm, expert], adaptive, strict=True))
         self.gradient_checkpointing = False
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Token embeddings scaled by sqrt(width), as Gemma does for text (never for image/action tokens)."""
+        return self.embed(tokens) * (self.vlm_config.width**0.5)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Next-token logits of VLM hidden states through the tied embedding (PaliGemma's head)."""
+        return F.linear(hidden, self.embed.weight)
 
     def forward(
         self,
@@ -105,72 +181,23 @@ class MixtureTransformer(nn.Module):
             raise ValueError("the transformer needs tokens for at least one expert")
         if cache is None and offset:
             raise ValueError("offset is only meaningful with a KV cache")
-        xs = list(inputs)
-        dtype = xs[present[0]].dtype
-        cos, sin = rope_tables(positions, self.head_dim, self.rope_base, dtype)
-        mask = mask[:, None]  # broadcast over heads
-        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
-        depth = len(self.experts[0].layers)
-        for i in range(depth):
-            finishing = present if i < depth - 1 else [e for e in present if keep[e]]
-            args = (i, xs, present, finishing, mask, cos, sin, conds, cache, offset)
-            xs = checkpoint(self._layer, *args, use_reentrant=False) if recompute else self._layer(*args)
-        return [None if x is None else self.experts[e].norm(x, conds[e])[0] for e, x in enumerate(xs)]
-
-    def _layer(
-        self,
-        i: int,
-        xs: list[Tensor | None],
-        present: list[int],
-        finishing: list[int],
-        mask: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        conds: list[Tensor | None],
-        cache: KVCache | None,
-        offset: int,
-    ) -> list[Tensor | None]:
-        qs, ks, vs, gates, spans = [], [], [], {}, {}
-        start = 0
+        spans, start = {}, 0
         for e in present:
-            layer = self.experts[e].layers[i]
-            h, gates[e] = layer.attn_norm(xs[e], conds[e])
-            b, n, _ = h.shape
-            qs.append(layer.q_proj(h).view(b, n, self.num_heads, self.head_dim).transpose(1, 2))
-            ks.append(layer.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2))
-            vs.append(layer.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2))
-            spans[e] = (start, start + n)
-            start += n
-        q = apply_rope(torch.cat(qs, dim=2), cos, sin)
-        k = apply_rope(torch.cat(ks, dim=2), cos, sin)
-        v = torch.cat(vs, dim=2)
-        if cache is not None:
-            cache.keys[i][:, :, offset : offset + start] = k
-            cache.values[i][:, :, offset : offset + start] = v
-            k, v = cache.keys[i], cache.values[i]
-
-        out: list[Tensor | None] = [None] * len(xs)
-        for e in finishing:
-            lo, hi = spans[e]
-            keys, values = k[:, :, : offset + hi], v[:, :, : offset + hi]
-            if self.insulate and e == EXPERT:
-                own = offset + lo
-                keys = torch.cat([keys[:, :, :own].detach(), keys[:, :, own:]], dim=2)
-                values = torch.cat([values[:, :, :own].detach(), values[:, :, own:]], dim=2)
-            attn = F.scaled_dot_product_attention(
-                q[:, :, lo:hi],
-                keys,
-                values,
-                attn_mask=mask[:, :, lo:hi, : offset + hi],
-                scale=self.head_dim**-0.5,
-                enable_gqa=self.num_heads != self.num_kv_heads,
-            )
-            attn = attn.transpose(1, 2).reshape(attn.shape[0], hi - lo, -1)
-            layer = self.experts[e].layers[i]
-            x = _residual(xs[e], layer.o_proj(attn), gates[e])
-            h, gate = layer.mlp_norm(x, conds[e])
-            out[e] = _residual(x, layer.mlp(h), gate)
-        return out
+            spans[e] = (start, start + inputs[e].shape[1])
+            start += inputs[e].shape[1]
+        c = self.vlm_config
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_base, inputs[present[0]].dtype)
+        p = Pass(spans=spans, mask=mask[:, None], cos=cos, sin=sin, conds=conds, offset=offset)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        xs = list(inputs)
+        for i, layer in enumerate(self.layers):
+            finishing = present if i < len(self.layers) - 1 else [e for e in present if keep[e]]
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            if recompute:
+                xs = checkpoint(layer, xs, p, finishing, layer_cache, use_reentrant=False)
+            else:
+                xs = layer(xs, p, finishing, layer_cache)
+        return [None if x is None else self.norms[e](x, conds[e])[0] for e, x in enumerate(xs)]
 
 
 def _residual(x: Tensor, branch: Tensor, gate: Tensor | None) -> Tensor:

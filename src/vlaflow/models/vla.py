@@ -23,7 +23,7 @@ from vlaflow.models.config import VLAConfig
 from vlaflow.models.gemma import AdaRMSNorm, RMSNorm
 from vlaflow.models.mixture import KVCache, MixtureTransformer
 from vlaflow.models.observation import Observation
-from vlaflow.models.segments import EXPERT, VLM, Kind, Segment, build_layout
+from vlaflow.models.segments import EXPERT, Kind, Segment, build_layout
 from vlaflow.models.siglip import SiglipEncoder
 
 
@@ -112,7 +112,7 @@ class VLA(nn.Module):
 
     def embed_prefix(self, obs: Observation) -> tuple[Tensor, list[Segment]]:
         images, segments = self.embed_images(obs)
-        text = self.transformer.experts[VLM].embed_tokens(obs.tokenized_prompt).to(images.dtype)
+        text = self.transformer.embed_tokens(obs.tokenized_prompt).to(images.dtype)
         segments.append(Segment(Kind.PROMPT, obs.tokenized_prompt_mask))
         return torch.cat([images, text], dim=1), segments
 
@@ -264,4 +264,4 @@ class VLA(nn.Module):
 
     def text_logits(self, vlm_hidden: Tensor) -> Tensor:
         """Next-token logits of VLM hidden states (for text / FAST targets), via the tied embedding."""
-        return self.transformer.experts[VLM].logits(vlm_hidden)
+        return self.transformer.logits(vlm_hidden)
