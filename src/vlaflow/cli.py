@@ -57,6 +57,51 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from vlaflow.data.lerobot import LeRobotDataset
+    from vlaflow.data.pipeline import SourceConfig, save_stats, source_stats
+
+    mask = tuple(bool(int(v)) for v in args.delta_action_mask.split(",")) if args.delta_action_mask else None
+    config = SourceConfig(
+        str(args.dataset), state_key=args.state_key, action_key=args.action_key, delta_action_mask=mask
+    )
+    dataset = LeRobotDataset(
+        args.dataset, state_key=args.state_key, action_key=args.action_key, image_keys=[]
+    )
+    stats = source_stats(dataset, config, args.action_horizon, cameras={})
+    for name, feature in (
+        ("state", stats.state),
+        (f"actions (chunks of {args.action_horizon}, pooled)", stats.actions),
+    ):
+        print(f"{name}: {feature.count} values per dim")
+        print("  dim " + "".join(f"{k:>11}" for k in ("mean", "std", "min", "max", "q01", "q99")))
+        for d in range(feature.dim):
+            values = [getattr(feature, k)[d] for k in ("mean", "std", "min", "max", "q01", "q99")]
+            print(f"  {d:>3} " + "".join(f"{v:>11.4f}" for v in values))
+    out = args.output or Path(args.dataset) / "norm_stats.json"
+    save_stats(out, {config.name: stats})
+    print(f"quantiles are exact (np.quantile, linear interpolation); wrote {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vlaflow.data.pipeline import SourceConfig
+    from vlaflow.training.configs import apply_overrides, named_config
+    from vlaflow.training.trainer import train
+
+    config = None
+    if args.config or not args.resume:
+        config = named_config(args.config or "pi05_tiny")
+        overrides = list(args.overrides) + ([f"save_every={args.save_every}"] if args.save_every else [])
+        config = apply_overrides(config, overrides)
+        config.datasets = [SourceConfig(str(d)) for d in args.dataset]
+    result = train(config, args.output, resume=args.resume, steps=args.steps)
+    if result.losses:
+        step, loss = result.losses[-1]
+        print(f"trained to step {step}: last loss {loss:.4f}; checkpoint {result.checkpoint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,11 +134,46 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     convert.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model to record with the model")
     convert.set_defaults(run=_convert)
+
+    stats = commands.add_parser(
+        "stats", help="normalization statistics of a LeRobot dataset's state and actions"
+    )
+    stats.add_argument("dataset", type=Path)
+    stats.add_argument("--action-horizon", type=int, default=50, help="chunk length pooled for action stats")
+    stats.add_argument("--state-key", default="observation.state")
+    stats.add_argument("--action-key", default="action")
+    stats.add_argument("--delta-action-mask", help="comma-separated 0/1 per action dim, e.g. 1,1,1,1,1,1,0")
+    stats.add_argument("--output", type=Path, help="JSON file (default: DATASET/norm_stats.json)")
+    stats.set_defaults(run=_stats)
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune on LeRobot datasets (torchrun for many GPUs)",
+        epilog="Any number of key=value settings may follow, e.g. batch_size=8 optim.peak_lr=1e-4",
+    )
+    train.add_argument(
+        "--config", help="named config: pi05_tiny, pi0_tiny, pi05_full, pi0_full, pi05_full_lora"
+    )
+    train.add_argument(
+        "--dataset", type=Path, action="append", default=[], help="a LeRobot dataset (repeat to mix)"
+    )
+    train.add_argument("--output", type=Path, required=True)
+    train.add_argument("--steps", type=int)
+    train.add_argument("--save-every", type=int)
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the last complete checkpoint in --output"
+    )
+    train.set_defaults(run=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad or (extra and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    args.overrides = extra
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:

@@ -519,6 +519,10 @@ class LeRobotDataset:
             raise KeyError(f"{key!r} is not a non-camera feature; columns: {sorted(self._columns)}")
         return self._columns[key].copy()
 
+    def episode_ends(self) -> np.ndarray:
+        """(N,) for every frame, the dataset index one past its episode's last frame."""
+        return self._ends[self._episode_pos].copy()
+
     def episode_of(self, i: int) -> int:
         """episode_index of frame i."""
         return int(self._columns["episode_index"][i, 0])

@@ -188,6 +188,12 @@ class VLA(nn.Module):
         noisy = t * noise + (1 - t) * actions
         return F.mse_loss(self.velocity(obs, noisy, time), noise - actions, reduction="none")
 
+    def forward(
+        self, obs: Observation, actions: Tensor, noise: Tensor | None = None, time: Tensor | None = None
+    ) -> Tensor:
+        """The training forward (what DDP / FSDP wrap): the per-element flow loss."""
+        return self.compute_loss(obs, actions, noise=noise, time=time)
+
     # ---- inference --------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -1,0 +1,275 @@
+"""Dataset frames -> model-ready training samples -> batches.
+
+Per sample: cameras mapped onto the model's image slots (missing slots black, mask False),
+resize-with-pad, the reference's augmentation (seeded by the sample's global number), actions
+made relative to the state where the delta mask says so, state and actions normalized with the
+source's statistics, the prompt tokenized (pi0.5 writes the normalized state into it), state and
+actions zero-padded to the model's `action_dim`, and a loss mask that is False on padded action
+dimensions and on chunk steps past the episode's end.
+
+Every sample also says which losses it supports (`has_actions` now; text targets later), so
+samples of different kinds can share a batch and contribute only to their own losses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vlaflow.data.augment import augment_image
+from vlaflow.data.lerobot import LeRobotDataset
+from vlaflow.data.sampling import SampleKey
+from vlaflow.data.stats import FeatureStats, Mode, Normalizer, chunked_action_stats, feature_stats, to_delta
+from vlaflow.data.transforms import pad_to_dim, resize_with_pad, to_model_range
+from vlaflow.models import Observation, VLAConfig
+from vlaflow.tokenizers import Tokenizer, tokenize_prompt
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One LeRobot dataset of a training mixture.
+
+    cameras: model image slot -> dataset camera key (default: the dataset's cameras, in order);
+    weight: mixture weight (default: frames ** mixture exponent); delta_action_mask: action dims
+    made relative to the state (e.g. joints but not the gripper); prompt: replaces the tasks.
+    """
+
+    path: str
+    weight: float | None = None
+    cameras: dict[str, str] | None = None
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    delta_action_mask: tuple[bool, ...] | None = None
+    prompt: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """What a checkpoint keeps about a source to run the policy: statistics and transforms."""
+
+    state: FeatureStats
+    actions: FeatureStats
+    action_horizon: int
+    delta_action_mask: tuple[bool, ...] | None = None
+    cameras: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.to_dict(),
+            "actions": self.actions.to_dict(),
+            "action_horizon": self.action_horizon,
+            "delta_action_mask": list(self.delta_action_mask) if self.delta_action_mask else None,
+            "cameras": dict(self.cameras),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourceStats:
+        mask = data.get("delta_action_mask")
+        return cls(
+            state=FeatureStats.from_dict(data["state"]),
+            actions=FeatureStats.from_dict(data["actions"]),
+            action_horizon=int(data["action_horizon"]),
+            delta_action_mask=tuple(mask) if mask else None,
+            cameras=dict(data.get("cameras", {})),
+        )
+
+
+def source_stats(
+    dataset: LeRobotDataset, config: SourceConfig, horizon: int, cameras: dict[str, str]
+) -> SourceStats:
+    """Exact statistics of a dataset's state and (chunk-pooled, delta-converted) actions."""
+    states = dataset.column(config.state_key).astype(np.float64)
+    actions = dataset.column(config.action_key).astype(np.float64)
+    return SourceStats(
+        state=feature_stats(states),
+        actions=chunked_action_stats(
+            actions, states, dataset.episode_ends(), horizon, config.delta_action_mask
+        ),
+        action_horizon=horizon,
+        delta_action_mask=config.delta_action_mask,
+        cameras=cameras,
+    )
+
+
+def resolve_cameras(
+    requested: Mapping[str, str] | None, dataset_cameras: Sequence[str], slots: Sequence[str]
+) -> dict[str, str]:
+    """Model slot -> dataset camera key; by default the dataset's cameras fill the slots in order."""
+    if requested is None:
+        if len(dataset_cameras) > len(slots):
+            raise ValueError(
+                f"the dataset has cameras {list(dataset_cameras)} but the model has {len(slots)} image slots "
+                f"{list(slots)}: choose with cameras={{slot: camera}}"
+            )
+        return dict(zip(slots, dataset_cameras, strict=False))
+    unknown_slots = sorted(set(requested) - set(slots))
+    unknown_cameras = sorted(set(requested.values()) - set(dataset_cameras))
+    if unknown_slots or unknown_cameras:
+        raise ValueError(
+            f"cameras={dict(requested)}: unknown model slots {unknown_slots} (slots: {list(slots)}) or "
+            f"dataset cameras {unknown_cameras} (cameras: {list(dataset_cameras)})"
+        )
+    return dict(requested)
+
+
+class Source:
+    """One dataset prepared for one model: its camera mapping, statistics and normalizers."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        model: VLAConfig,
+        *,
+        normalization: Mode,
+        stats: SourceStats | None = None,
+    ):
+        self.config, self.model = config, model
+        probe = LeRobotDataset(
+            config.path, state_key=config.state_key, action_key=config.action_key, image_keys=[]
+        )
+        self.cameras = resolve_cameras(config.cameras, probe.meta.camera_keys, model.image_keys)
+        self.dataset = LeRobotDataset(
+            config.path,
+            action_horizon=model.action_horizon,
+            state_key=config.state_key,
+            action_key=config.action_key,
+            image_keys=list(self.cameras.values()),
+        )
+        self.state_dim = int(self.dataset.meta.features[config.state_key]["shape"][0])
+        self.action_dim = int(self.dataset.meta.features[config.action_key]["shape"][0])
+        for name, dim in (("state", self.state_dim), ("action", self.action_dim)):
+            if dim > model.action_dim:
+                raise ValueError(
+                    f"{config.path}: {name} has {dim} dims, more than action_dim={model.action_dim}"
+                )
+        self.stats = stats or source_stats(self.dataset, config, model.action_horizon, self.cameras)
+        self.state_norm = Normalizer(self.stats.state, normalization)
+        self.action_norm = Normalizer(self.stats.actions, normalization)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, key: SampleKey, *, tokenizer: Tokenizer, augment: bool, seed: int) -> dict[str, Any]:
+        frame = self.dataset[key.index]
+        g = torch.Generator().manual_seed(int(np.random.default_rng([seed, key.n, 1]).integers(2**62)))
+        size = self.model.vision.image_size
+        images, masks = {}, {}
+        for slot in self.model.image_keys:
+            if slot not in self.cameras:
+                images[slot] = torch.full((size, size, 3), -1.0)
+                masks[slot] = torch.tensor(False)
+                continue
+            image = resize_with_pad(torch.from_numpy(frame[self.cameras[slot]]), size, size)
+            if augment:
+                chw = image.permute(2, 0, 1).float() / 255.0
+                image = augment_image(chw, wrist="wrist" in slot, generator=g).permute(1, 2, 0) * 2.0 - 1.0
+            else:
+                image = to_model_range(image)
+            images[slot], masks[slot] = image, torch.tensor(True)
+
+        raw_state = np.asarray(frame[self.config.state_key], dtype=np.float32)
+        actions = to_delta(frame[self.config.action_key], raw_state, self.config.delta_action_mask)
+        state = self.state_norm.normalize(raw_state)
+        actions = self.action_norm.normalize(actions)
+        tokens, token_mask = tokenize_prompt(
+            tokenizer,
+            self.config.prompt or frame["task"],
+            state,
+            pi05=self.model.pi05,
+            max_len=self.model.max_token_len,
+        )
+        action_mask = np.zeros((self.model.action_horizon, self.model.action_dim), dtype=bool)
+        action_mask[:, : self.action_dim] = ~frame[f"{self.config.action_key}_is_pad"][:, None]
+        return {
+            "images": images,
+            "image_masks": masks,
+            "state": pad_to_dim(torch.from_numpy(state), self.model.action_dim),
+            "tokens": torch.from_numpy(tokens),
+            "token_mask": torch.from_numpy(token_mask),
+            "actions": pad_to_dim(torch.from_numpy(actions), self.model.action_dim),
+            "action_mask": torch.from_numpy(action_mask),
+            "has_actions": torch.tensor(True),
+            "id": torch.tensor(key.n),
+            "source": torch.tensor(key.source),
+        }
+
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Map-style dataset indexed by `SampleKey`s (from `StepSampler`)."""
+
+    def __init__(self, sources: list[Source], tokenizer: Tokenizer, *, augment: bool, seed: int):
+        self.sources, self.tokenizer, self.augment, self.seed = sources, tokenizer, augment, seed
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
+        # One thread, always: vectorized image kernels round differently depending on how the work
+        # is split, and a sample must not depend on which process (with how many threads) made it.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            source = self.sources[key.source]
+            return source.sample(key, tokenizer=self.tokenizer, augment=self.augment, seed=self.seed)
+        finally:
+            torch.set_num_threads(threads)
+
+
+@dataclass
+class Batch:
+    observation: Observation
+    actions: Tensor  # (B, H, action_dim), normalized
+    action_mask: Tensor  # (B, H, action_dim) bool: real dims of real steps
+    has_actions: Tensor  # (B,) bool: the sample carries an action chunk
+    ids: Tensor  # (B,) global sample numbers (seed per-sample randomness)
+    sources: Tensor  # (B,) source index
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            observation=self.observation.to(device),
+            actions=self.actions.to(device),
+            action_mask=self.action_mask.to(device),
+            has_actions=self.has_actions.to(device),
+            ids=self.ids,
+            sources=self.sources,
+        )
+
+
+def collate(samples: list[dict[str, Any]]) -> Batch:
+    def stack(key: str) -> Tensor:
+        return torch.stack([s[key] for s in samples])
+
+    slots = samples[0]["images"].keys()
+    return Batch(
+        observation=Observation(
+            images={k: torch.stack([s["images"][k] for s in samples]) for k in slots},
+            image_masks={k: torch.stack([s["image_masks"][k] for s in samples]) for k in slots},
+            state=stack("state"),
+            tokenized_prompt=stack("tokens"),
+            tokenized_prompt_mask=stack("token_mask"),
+        ),
+        actions=stack("actions"),
+        action_mask=stack("action_mask"),
+        has_actions=stack("has_actions"),
+        ids=stack("id"),
+        sources=stack("source"),
+    )
+
+
+def save_stats(path: Path, stats: Mapping[str, SourceStats]) -> None:
+    path.write_text(json.dumps({name: s.to_dict() for name, s in stats.items()}, indent=2))
+
+
+def load_stats(path: Path) -> dict[str, SourceStats]:
+    return {name: SourceStats.from_dict(d) for name, d in json.loads(Path(path).read_text()).items()}

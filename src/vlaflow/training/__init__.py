@@ -1,0 +1,1 @@
+"""Training: configs, optimizer and schedule, checkpoints, distributed wrapping, the trainer loop."""

@@ -1,0 +1,365 @@
+"""The training loop: one trainer from a CPU to many GPUs, resumable exactly.
+
+Everything random about a training sample (which frame, its augmentation, its flow noise and
+time) derives from the seed and the sample's global number, and the model's forward is
+deterministic on a CPU; with the optimizer, EMA and step restored from a checkpoint, a run killed
+at any point and resumed logs the same losses, step for step, as one that never stopped.
+
+The loss is the flow-matching MSE averaged over real action elements only (padded action
+dimensions and chunk steps past an episode's end carry no loss); `loss_reduction="reference"`
+averages over every element instead, as the reference does. Averaging is global: each process
+divides its sum by the element count of the whole global batch, so one process and N processes
+compute the same gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vlaflow.data.pipeline import (
+    Batch,
+    Source,
+    SourceConfig,
+    SourceStats,
+    TrainingSamples,
+    collate,
+    save_stats,
+)
+from vlaflow.data.sampling import StepSampler, mixture_weights
+from vlaflow.models import VLA, VLAConfig, preset
+from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
+from vlaflow.pretrained import load_pretrained
+from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer
+from vlaflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlaflow.training.configs import TrainConfig
+from vlaflow.training.distributed import (
+    Runtime,
+    all_reduce_sum,
+    full_model_state,
+    full_optimizer_state,
+    init_runtime,
+    load_optimizer_state,
+    parallelize,
+    shut_down,
+)
+from vlaflow.training.lora import apply_lora, freeze, lora_scales, merged_state
+from vlaflow.training.optim import EMA, build_optimizer, learning_rate
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    checkpoint: Path
+    losses: list[tuple[int, float]]
+
+
+def train(
+    config: TrainConfig | None,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    steps: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or, with `resume`, continue from the last complete checkpoint in `output`).
+
+    On resume the saved configuration is used (`config` may be None); `steps` extends the run.
+    """
+    runtime = init_runtime(config.device if config else None)
+    try:
+        return Trainer(config, Path(output), runtime, resume=resume, steps=steps, progress=progress).run()
+    finally:
+        shut_down(runtime)
+
+
+def flow_inputs(ids: Tensor, horizon: int, dim: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Per-sample flow noise (B, H, D) and time t ~ Beta(1.5, 1) * 0.999 + 0.001 (B,), from the
+    sample's global number: the same sample gets the same draw in any process, at any resume."""
+    noise, times = [], []
+    for n in ids.tolist():
+        rng = np.random.default_rng([seed, n, 2])
+        noise.append(rng.standard_normal((horizon, dim), dtype=np.float32))
+        times.append(rng.beta(1.5, 1.0) * 0.999 + 0.001)
+    return torch.from_numpy(np.stack(noise)), torch.tensor(times, dtype=torch.float32)
+
+
+def _tokenizer(config: TrainConfig, model: VLAConfig, pretrained_tokenizer: Tokenizer | None) -> Tokenizer:
+    if config.tokenizer:
+        return PaliGemmaTokenizer(config.tokenizer)
+    if pretrained_tokenizer is not None:
+        return pretrained_tokenizer
+    if model.vocab_size == EMBEDDED_VOCAB_SIZE:
+        return EmbeddedTokenizer()
+    raise ValueError(f"model vocab_size {model.vocab_size} needs the PaliGemma tokenizer: set tokenizer=PATH")
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig | None,
+        output: Path,
+        runtime: Runtime,
+        *,
+        resume: bool,
+        steps: int | None,
+        progress: bool,
+    ):
+        self.output, self.runtime, self.progress = output, runtime, progress
+        existing = latest_checkpoint(output)
+        if existing is not None and not resume:
+            raise ValueError(
+                f"{output} already holds checkpoints (latest: {existing.name}); pass --resume to continue "
+                "it or choose another --output"
+            )
+        self.state = load_checkpoint(existing) if resume and existing is not None else None
+        if self.state is not None:
+            config = TrainConfig.from_dict(self.state["config"]["metadata"]["train_config"])
+        elif config is None:
+            raise ValueError(f"nothing to resume in {output}: give a training config")
+        if steps is not None:
+            config = replace(config, steps=steps)
+        if not config.datasets:
+            raise ValueError("no datasets: give at least one --dataset DIR")
+        self.config = config
+        self.start = self.state["trainer_state"]["step"] if self.state else 0
+        if self.start >= config.steps:
+            raise ValueError(
+                f"the checkpoint is at step {self.start} and the run has {config.steps} steps: use --steps"
+            )
+
+        pretrained = load_pretrained(config.init) if config.init and self.state is None else None
+        base = VLAConfig.from_dict(self.state["config"]["model"]) if self.state else None
+        model_config = base or (pretrained.model.config if pretrained else preset(config.model))
+        if not self.state:
+            model_config = model_config.replace(**config.model_overrides)
+        self.model_config = model_config
+        self.tokenizer = _tokenizer(config, model_config, pretrained.tokenizer if pretrained else None)
+        self.normalization = config.normalization or ("quantile" if model_config.pi05 else "zscore")
+        saved_stats = self.state["config"]["metadata"]["norm_stats"] if self.state else {}
+        self.sources = []
+        for source_config in config.datasets:
+            sc = self._with_overrides(source_config)
+            stats = SourceStats.from_dict(saved_stats[sc.name]) if sc.name in saved_stats else None
+            self.sources.append(Source(sc, model_config, normalization=self.normalization, stats=stats))
+        if len({s.config.name for s in self.sources}) != len(self.sources):
+            raise ValueError("datasets must have distinct directory names (they name the statistics)")
+
+        torch.manual_seed(config.seed)
+        model = VLA(model_config)
+        if pretrained is not None:
+            model.load_state_dict(pretrained.model.state_dict())
+        freeze(model, config.freeze)
+        if config.lora:
+            apply_lora(model, config.lora)
+        if self.state is not None:
+            model.load_state_dict(self.state["params"])
+        model.set_gradient_checkpointing(config.gradient_checkpointing)
+        self.model = model.to(runtime.device)
+        self.module = parallelize(self.model, runtime, config.distributed)
+        self.params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        self.optimizer = build_optimizer(list(self.params.values()), config.optim)
+        self.ema = EMA(self.params, config.optim.ema_decay) if config.optim.ema_decay else None
+        if self.state is not None:
+            load_optimizer_state(self.model, self.optimizer, self.state["optimizer"], runtime)
+            if self.ema is not None:
+                self.ema.load(self.state["ema"])
+        self.step_module: nn.Module = torch.compile(self.module) if config.compile else self.module
+
+    def _with_overrides(self, source: SourceConfig) -> SourceConfig:
+        c = self.config
+        return replace(
+            source,
+            cameras=c.cameras if c.cameras is not None else source.cameras,
+            delta_action_mask=tuple(c.delta_action_mask) if c.delta_action_mask else source.delta_action_mask,
+            prompt=c.prompt or source.prompt,
+        )
+
+    # ---- data ------------------------------------------------------------------------------
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        c = self.config
+        sizes = [len(s) for s in self.sources]
+        sampler = StepSampler(
+            sizes,
+            mixture_weights(sizes, [s.config.weight for s in self.sources], c.mixture_exponent),
+            global_batch=c.batch_size,
+            seed=c.seed,
+            start=self.start,
+            stop=c.steps,
+            rank=self.runtime.rank,
+            world=self.runtime.world,
+        )
+        samples = TrainingSamples(self.sources, self.tokenizer, augment=c.augment, seed=c.seed)
+        return torch.utils.data.DataLoader(
+            samples,
+            batch_sampler=sampler,
+            num_workers=c.num_workers,
+            collate_fn=collate,
+            pin_memory=self.runtime.device.type == "cuda",
+        )
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def _step(self, step: int, batch: Batch) -> tuple[float, float]:
+        c, device = self.config, self.runtime.device
+        batch = batch.to(device)
+        noise, t = flow_inputs(
+            batch.ids, self.model_config.action_horizon, self.model_config.action_dim, c.seed
+        )
+        lr = learning_rate(step, c.optim, c.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+            per_element = self.step_module(batch.observation, batch.actions, noise.to(device), t.to(device))
+        if c.loss_reduction == "masked":
+            mask = batch.action_mask
+        else:
+            mask = batch.has_actions[:, None, None].expand_as(per_element)
+        total = (per_element.float() * mask).sum()
+        count = all_reduce_sum(mask.sum().float(), self.runtime).clamp(min=1.0)
+        (total * self.runtime.world / count).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), c.optim.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.params)
+        loss = all_reduce_sum(total.detach(), self.runtime) / count
+        return loss.item(), float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+    # ---- checkpoints and logs ---------------------------------------------------------------
+
+    def _save(self, step: int) -> Path | None:
+        params = full_model_state(self.model, self.runtime)
+        ema = self.ema.full_state() if self.ema is not None else None
+        optimizer = full_optimizer_state(self.model, self.optimizer, self.runtime)
+        path = None
+        if self.runtime.main:
+            export = {**params, **(ema or {})}
+            scales = lora_scales(self.model)
+            if scales:
+                export = merged_state(export, scales)
+            path = save_checkpoint(
+                self.output,
+                step,
+                export=export,
+                params=params if (ema or scales) else None,
+                ema=ema,
+                optimizer=optimizer,
+                config=self._checkpoint_config(step),
+                trainer_state={"seed": self.config.seed, "samples_seen": step * self.config.batch_size},
+                keep_last=self.config.keep_last,
+            )
+        if self.runtime.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def _checkpoint_config(self, step: int) -> dict[str, Any]:
+        return {
+            "model": self.model_config.to_dict(),
+            "tokenizer": self.tokenizer.spec(),
+            "metadata": {
+                "step": step,
+                "train_config": self.config.to_dict(),
+                "normalization": self.normalization,
+                "norm_stats": {s.config.name: s.stats.to_dict() for s in self.sources},
+            },
+        }
+
+    def _open_metrics(self) -> Any:
+        path = self.output / METRICS_FILE
+        kept = []
+        if self.start and path.exists():  # drop what was logged after the checkpoint we resume from
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.start]
+        path.write_text("".join(line + "\n" for line in kept))
+        return path.open("a")
+
+    def run(self) -> TrainResult:
+        c, main = self.config, self.runtime.main
+        self.output.mkdir(parents=True, exist_ok=True)
+        metrics = self._open_metrics() if main else None
+        if main:
+            save_stats(self.output / "norm_stats.json", {s.config.name: s.stats for s in self.sources})
+        board = _tensorboard(self.output) if main else None
+        bar = tqdm(
+            total=c.steps, initial=self.start, disable=not (main and self.progress), desc="train", unit="step"
+        )
+        losses: list[tuple[int, float]] = []
+        last_checkpoint = None
+        tick, done_since_log = time.perf_counter(), 0
+        self.model.train()
+        for step, batch in zip(range(self.start, c.steps), self._loader(), strict=False):
+            loss, grad_norm = self._step(step, batch)
+            number = step + 1
+            losses.append((number, loss))
+            done_since_log += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate(step, c.optim, c.steps):.2e}")
+            if number % c.log_every == 0 or number == c.steps:
+                elapsed = time.perf_counter() - tick
+                row = {
+                    "step": number,
+                    "loss": loss,
+                    "lr": learning_rate(step, c.optim, c.steps),
+                    "grad_norm": grad_norm,
+                    "samples_per_s": done_since_log * c.batch_size / max(elapsed, 1e-9),
+                }
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                if board is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            board.add_scalar(f"train/{k}", v, number)
+                tick, done_since_log = time.perf_counter(), 0
+            if number % c.save_every == 0 or number == c.steps:
+                last_checkpoint = self._save(number) or last_checkpoint
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+            plot_losses(self.output / METRICS_FILE, self.output / "loss.png")
+        if board is not None:
+            board.close()
+        return TrainResult(self.output, c.steps, last_checkpoint or latest_checkpoint(self.output), losses)
+
+
+def _tensorboard(output: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax_loss.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="training loss")
+    ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""The trainer end to end on small datasets: resume, datasets of every layout, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlaflow import VLA
+from vlaflow.data.pipeline import Source, SourceConfig, TrainingSamples, collate
+from vlaflow.data.sampling import SampleKey
+from vlaflow.pretrained import load_pretrained
+from vlaflow.tokenizers import EmbeddedTokenizer
+from vlaflow.training.checkpoint import complete_checkpoints
+from vlaflow.training.configs import apply_overrides, named_config
+from vlaflow.training.trainer import flow_inputs, train
+
+FAST = ["batch_size=4", "log_every=1", "model_overrides.action_horizon=4", "augment=true"]
+
+
+def config_for(*datasets: Path, overrides=(), name="pi05_tiny"):
+    config = apply_overrides(named_config(name), [*FAST, "num_workers=0", *overrides])
+    config.datasets = [SourceConfig(str(d)) for d in datasets]
+    return config
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vlaflow.cli", "train", *args]
+
+
+def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path):
+    common = [
+        "--config",
+        "pi05_tiny",
+        "--dataset",
+        str(toy_dataset),
+        "--steps",
+        "16",
+        "--save-every",
+        "4",
+        *FAST,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    straight = tmp_path / "straight"
+    subprocess.run(
+        cli(*common, "--output", str(straight), "num_workers=0"), check=True, env=env, capture_output=True
+    )
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli(*common, "--output", str(killed), "num_workers=2"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 6 and complete_checkpoints(killed):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = complete_checkpoints(killed)[-1][0]
+    assert 4 <= before < 16
+    subprocess.run(cli("--resume", "--output", str(killed)), check=True, env=env, capture_output=True)
+
+    a, b = metrics(straight), metrics(killed)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
+    final_a = load_pretrained(straight / "checkpoints" / "step_00000016").model.state_dict()
+    final_b = load_pretrained(killed / "checkpoints" / "step_00000016").model.state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_trains_from_v21_and_hand_built_v30_datasets(tmp_path):
+    from data.conftest import build_v21, build_v30
+
+    v21 = build_v21(tmp_path / "v21", lengths=[7, 12, 5])
+    v30 = build_v30(tmp_path / "v30", files=[[6, 9], [8]], camera="video")
+    images = build_v30(tmp_path / "v30_images", files=[[5, 4]], camera="image")
+    result = train(config_for(v21, v30, images, overrides=["steps=3"]), tmp_path / "run", progress=False)
+    assert len(result.losses) == 3 and all(loss == loss for _, loss in result.losses)
+    stats = json.loads((tmp_path / "run" / "norm_stats.json").read_text())
+    assert sorted(stats) == ["v21", "v30", "v30_images"]
+
+
+def fixed_batch_loss(model, dataset: Path) -> float:
+    """Masked flow loss over every frame, with fixed noise and time and no augmentation."""
+    source = Source(SourceConfig(str(dataset)), model.config, normalization="quantile")
+    samples = TrainingSamples([source], EmbeddedTokenizer(), augment=False, seed=123)
+    batch = collate([samples[SampleKey(i, 0, i)] for i in range(len(source))])
+    noise, t = flow_inputs(batch.ids, model.config.action_horizon, model.config.action_dim, seed=99)
+    with torch.no_grad():
+        per_element = model.compute_loss(batch.observation, batch.actions, noise, t)
+    return ((per_element * batch.action_mask).sum() / batch.action_mask.sum()).item()
+
+
+def test_loss_falls_and_checkpoints_are_policies(toy_dataset, tmp_path):
+    overrides = ["steps=40", "save_every=20", "keep_last=1", "optim.ema_decay=0.5", "optim.warmup_steps=5"]
+    result = train(config_for(toy_dataset, overrides=[*overrides, "optim.peak_lr=2e-3"]), tmp_path / "run")
+    ckpt = result.checkpoint
+    loaded = load_pretrained(ckpt)
+    torch.manual_seed(0)  # the trainer's initialization
+    initial = VLA(loaded.model.config)
+    assert fixed_batch_loss(loaded.model, toy_dataset) < 0.9 * fixed_batch_loss(initial, toy_dataset)
+    assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [40]  # retention
+    assert (ckpt / "ema.safetensors").exists() and (ckpt / "params.safetensors").exists()
+    assert loaded.metadata["normalization"] == "quantile"
+    assert "toy" in loaded.metadata["norm_stats"]
+    assert loaded.model.config.action_horizon == 4
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+
+
+def test_existing_run_needs_resume(toy_dataset, tmp_path):
+    train(config_for(toy_dataset, overrides=["steps=2", "save_every=2"]), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(config_for(toy_dataset, overrides=["steps=2"]), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="--steps"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+    result = train(None, tmp_path / "run", resume=True, steps=4, progress=False)
+    assert [s for s, _ in result.losses] == [3, 4]
+
+
+@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
+def test_lora_and_freezing(toy_dataset, tmp_path, name):
+    config = config_for(toy_dataset, name=name, overrides=["steps=2", 'freeze=["vision"]', 'lora={"vlm": 4}'])
+    result = train(config, tmp_path / "run", progress=False)
+    ckpt = result.checkpoint
+    exported = load_pretrained(ckpt)  # merged: plain names
+    assert not any("lora" in k for k in exported.model.state_dict())
+    from safetensors.torch import load_file
+
+    params = load_file(str(ckpt / "params.safetensors"))
+    assert any(k.endswith("lora_a") for k in params)
+
+
+def test_bad_settings_fail_clearly(toy_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown setting 'batchsize'"):
+        apply_overrides(named_config("pi05_tiny"), ["batchsize=3"])
+    with pytest.raises(ValueError, match="precision"):
+        apply_overrides(named_config("pi05_tiny"), ["precision=fp8"])
+    with pytest.raises(ValueError, match="no datasets"):
+        train(named_config("pi05_tiny"), tmp_path / "run")
+    with pytest.raises(ValueError, match="cameras"):
+        train(
+            config_for(toy_dataset, overrides=['cameras={"base_0_rgb": "observation.images.nope"}']),
+            tmp_path / "r",
+        )
