@@ -1,0 +1,163 @@
+"""Training-step benchmark: samples/s, step time, peak memory and model FLOPs utilisation.
+
+    python -m vlaflow.bench.train --preset pi05 --device cuda --batch-size 32
+    python -m vlaflow.bench.train --preset pi05_tiny --device cpu --batch-size 8
+
+One step = the flow-matching forward, backward, gradient clipping and an AdamW update, on
+synthetic inputs (random images, full-length prompts), with float32 master weights and bf16
+autocast on GPUs (the trainer's recipe). Model FLOPs come from `vlaflow.models.flops` (3 x the
+analytic forward); MFU divides the achieved rate by the device's dense peak where it is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vlaflow.bench.inference import DTYPES, synthetic_observation
+from vlaflow.models import VLA, preset
+from vlaflow.models.config import REFERENCE_IMAGE_KEYS
+from vlaflow.models.flops import peak_flops, training_step_flops
+from vlaflow.training.optim import OptimConfig, build_optimizer
+
+
+@dataclass
+class TrainBenchmark:
+    preset: str
+    device: str
+    autocast: str
+    batch_size: int
+    cameras: int
+    gradient_checkpointing: bool
+    iterations: int
+    parameters: int
+    step_ms: float
+    samples_per_s: float
+    peak_memory_gib: float
+    memory_kind: str
+    model_tflop_per_step: float
+    achieved_tflops: float
+    mfu: float | None
+
+
+def run(
+    preset_name: str,
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    dtype: str | None = None,
+    cameras: int = 3,
+    gradient_checkpointing: bool = False,
+    iterations: int = 5,
+    warmup: int = 2,
+) -> TrainBenchmark:
+    dev = torch.device(device)
+    dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    config = preset(preset_name, image_keys=REFERENCE_IMAGE_KEYS[:cameras])
+    with dev:
+        model = VLA(config).train()
+    model.set_gradient_checkpointing(gradient_checkpointing)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], OptimConfig())
+    obs = synthetic_observation(model, batch_size, dev)
+    actions = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> float:
+        sync()
+        start = time.perf_counter()
+        with torch.autocast(dev.type, dtype=DTYPES[dtype], enabled=dtype != "float32"):
+            loss = model(obs, actions).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    seconds = statistics.median(step() for _ in range(iterations))
+    if dev.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "cuda max allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+    flops = training_step_flops(config, batch_size=batch_size).total
+    achieved = flops / seconds
+    peak_rate = peak_flops(dev, DTYPES[dtype])
+    return TrainBenchmark(
+        preset=preset_name,
+        device=str(dev),
+        autocast=dtype,
+        batch_size=batch_size,
+        cameras=cameras,
+        gradient_checkpointing=gradient_checkpointing,
+        iterations=iterations,
+        parameters=sum(p.numel() for p in model.parameters()),
+        step_ms=seconds * 1e3,
+        samples_per_s=batch_size / seconds,
+        peak_memory_gib=peak,
+        memory_kind=kind,
+        model_tflop_per_step=flops / 1e12,
+        achieved_tflops=achieved / 1e12,
+        mfu=achieved / peak_rate if peak_rate else None,
+    )
+
+
+def report(b: TrainBenchmark) -> str:
+    mfu = f"{100 * b.mfu:.1f}%" if b.mfu is not None else "n/a (no known peak for this device)"
+    return "\n".join(
+        [
+            f"vlaflow training benchmark: preset={b.preset} device={b.device} autocast={b.autocast} "
+            f"batch={b.batch_size} cameras={b.cameras} checkpointing={b.gradient_checkpointing} "
+            f"iterations={b.iterations}",
+            f"parameters: {b.parameters / 1e9:.3f} B",
+            f"median step: {b.step_ms:.1f} ms   samples/s: {b.samples_per_s:.2f}",
+            f"model FLOPs/step: {b.model_tflop_per_step:.3f} TFLOP   "
+            f"achieved: {b.achieved_tflops:.3f} TFLOP/s   MFU: {mfu}",
+            f"peak memory: {b.peak_memory_gib:.2f} GiB ({b.memory_kind})",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="pi05_tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="autocast dtype (default: bfloat16 on cuda)")
+    parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    result = run(
+        args.preset,
+        device=args.device,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        cameras=args.cameras,
+        gradient_checkpointing=args.gradient_checkpointing,
+        iterations=args.iterations,
+        warmup=args.warmup,
+    )
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
