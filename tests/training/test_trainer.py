@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,69 @@ def test_bad_settings_fail_clearly(toy_dataset, tmp_path):
             config_for(toy_dataset, overrides=['cameras={"base_0_rgb": "observation.images.nope"}']),
             tmp_path / "r",
         )
+
+
+def test_policy_applies_the_checkpoint_normalization(toy_dataset, tmp_path):
+    from vlaflow.data.lerobot import LeRobotDataset
+    from vlaflow.inference.policy import Policy
+
+    config = config_for(toy_dataset, overrides=["steps=2", "delta_action_mask=[true, false]"])
+    result = train(config, tmp_path / "run", progress=False)
+    policy = Policy.load(result.checkpoint)
+    frame = LeRobotDataset(toy_dataset)[5]
+    obs = {
+        "images": {"observation.images.top": frame["observation.images.top"]},
+        "state": frame["observation.state"],
+        "prompt": frame["task"],
+    }
+    actions = policy(obs)
+    assert actions.shape == (4, 2) and actions.dtype == np.float32
+    # By hand: normalize, sample with the policy's noise, unnormalize, add the state back.
+    model = policy.model
+    torch.manual_seed(0)
+    normalized = policy.state_norm.normalize(frame["observation.state"][None])
+    from vlaflow.data.transforms import build_observation
+
+    model_obs = build_observation(
+        model.config,
+        policy.tokenizer,
+        images={"base_0_rgb": obs["images"]["observation.images.top"][None]},
+        state=normalized,
+        prompts=[frame["task"]],
+    )
+    noise = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0))
+    raw = model.sample_actions(model_obs, noise=noise)[0, :, :2].numpy()
+    expected = policy.action_norm.unnormalize(raw)
+    expected[:, 0] += frame["observation.state"][0]
+    np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="state must have shape"):
+        policy({**obs, "state": np.zeros(5)})
+    with pytest.raises(ValueError, match="neither a model slot"):
+        policy({**obs, "images": {"front": obs["images"]["observation.images.top"]}})
+
+
+def test_tensorboard_and_wandb_logging(toy_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = config_for(toy_dataset, overrides=["steps=2", "wandb_project=vlaflow-test"])
+    train(config, tmp_path / "run", progress=False)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert wandb.run is None  # finished
+
+
+def test_bf16_autocast_with_activation_checkpointing(toy_dataset, tmp_path):
+    overrides = ["steps=2", "precision=bfloat16", "gradient_checkpointing=true"]
+    result = train(config_for(toy_dataset, overrides=overrides), tmp_path / "run", progress=False)
+    assert all(np.isfinite(loss) for _, loss in result.losses)
+    assert load_pretrained(result.checkpoint).model.action_in_proj.weight.dtype == torch.float32  # master weights
+
+
+@pytest.mark.slow
+def test_torch_compile(toy_dataset, tmp_path):
+    result = train(config_for(toy_dataset, overrides=["steps=3", "compile=true"]), tmp_path / "run", progress=False)
+    eager = train(config_for(toy_dataset, overrides=["steps=3"]), tmp_path / "eager", progress=False)
+    for (_, a), (_, b) in zip(result.losses, eager.losses, strict=True):
+        assert abs(a - b) < 1e-3 * abs(b)

@@ -296,6 +296,7 @@ class Trainer:
         if main:
             save_stats(self.output / "norm_stats.json", {s.config.name: s.stats for s in self.sources})
         board = _tensorboard(self.output) if main else None
+        wandb_run = _wandb(c, self.output) if main else None
         bar = tqdm(
             total=c.steps, initial=self.start, disable=not (main and self.progress), desc="train", unit="step"
         )
@@ -326,6 +327,8 @@ class Trainer:
                     for k, v in row.items():
                         if k != "step":
                             board.add_scalar(f"train/{k}", v, number)
+                if wandb_run is not None:
+                    wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=number)
                 tick, done_since_log = time.perf_counter(), 0
             if number % c.save_every == 0 or number == c.steps:
                 last_checkpoint = self._save(number) or last_checkpoint
@@ -335,7 +338,22 @@ class Trainer:
             plot_losses(self.output / METRICS_FILE, self.output / "loss.png")
         if board is not None:
             board.close()
+        if wandb_run is not None:
+            wandb_run.finish()
         return TrainResult(self.output, c.steps, last_checkpoint or latest_checkpoint(self.output), losses)
+
+
+def _wandb(config: TrainConfig, output: Path) -> Any:
+    if not config.wandb_project:
+        return None
+    try:
+        import wandb
+    except ImportError as err:
+        raise ValueError("wandb_project is set but wandb is not installed (pip install wandb)") from err
+    run_id = "vlaflow-" + "".join(ch if ch.isalnum() else "-" for ch in str(output.resolve()))[-100:]
+    return wandb.init(
+        project=config.wandb_project, dir=str(output), config=config.to_dict(), id=run_id, resume="allow"
+    )
 
 
 def _tensorboard(output: Path) -> Any:

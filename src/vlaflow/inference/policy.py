@@ -1,0 +1,130 @@
+"""A trained policy: raw robot observation in, action chunk in the robot's own units out.
+
+It applies exactly what training applied, from what the checkpoint recorded: the camera-to-slot
+mapping, the normalization statistics and mode, the delta-action mask and the prompt format; then
+samples the flow and undoes normalization and deltas. A raw observation is a dict:
+
+    {"images": {camera: uint8 (H, W, 3)}, "state": float (S,), "prompt": str}
+
+where cameras are named as in the training dataset (e.g. `observation.images.top`) or by model
+slot (`base_0_rgb`); cameras the robot lacks are simply left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlaflow.data.pipeline import SourceStats
+from vlaflow.data.stats import Mode, Normalizer, to_absolute
+from vlaflow.data.transforms import build_observation
+from vlaflow.models import VLA
+from vlaflow.pretrained import load_pretrained
+from vlaflow.tokenizers import Tokenizer
+
+
+class Policy:
+    def __init__(
+        self,
+        model: VLA,
+        tokenizer: Tokenizer,
+        stats: SourceStats,
+        normalization: Mode,
+        *,
+        num_steps: int = 10,
+        seed: int = 0,
+    ):
+        self.model, self.tokenizer, self.stats = model.eval(), tokenizer, stats
+        self.state_norm = Normalizer(stats.state, normalization)
+        self.action_norm = Normalizer(stats.actions, normalization)
+        self.num_steps = num_steps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.camera_slots = {camera: slot for slot, camera in stats.cameras.items()}
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path,
+        *,
+        source: str | None = None,
+        device: str | torch.device = "cpu",
+        num_steps: int = 10,
+        seed: int = 0,
+    ) -> Policy:
+        """A policy from a training checkpoint; `source` picks the dataset whose statistics (and
+        robot) to use when the model was trained on several."""
+        loaded = load_pretrained(checkpoint, device=device)
+        all_stats = loaded.metadata.get("norm_stats")
+        if not all_stats:
+            raise ValueError(f"{checkpoint} has no normalization statistics (not a training checkpoint?)")
+        if source is None:
+            if len(all_stats) > 1:
+                raise ValueError(f"{checkpoint} was trained on {sorted(all_stats)}: choose one with source=")
+            source = next(iter(all_stats))
+        if source not in all_stats:
+            raise ValueError(f"source {source!r} not in {sorted(all_stats)}")
+        if loaded.tokenizer is None:
+            raise ValueError(f"{checkpoint} names no tokenizer")
+        stats = SourceStats.from_dict(all_stats[source])
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            stats,
+            loaded.metadata["normalization"],
+            num_steps=num_steps,
+            seed=seed,
+        )
+
+    @property
+    def action_dim(self) -> int:
+        return self.stats.actions.dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _slot(self, camera: str) -> str:
+        if camera in self.model.config.image_keys:
+            return camera
+        if camera in self.camera_slots:
+            return self.camera_slots[camera]
+        raise ValueError(
+            f"observation camera {camera!r} is neither a model slot {list(self.model.config.image_keys)} "
+            f"nor a training camera {sorted(self.camera_slots)}"
+        )
+
+    def infer_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """(B, H, action_dim) float32 actions for B raw observations (same cameras in each)."""
+        if not observations:
+            raise ValueError("observations: expected at least one")
+        states = []
+        for i, o in enumerate(observations):
+            state = np.asarray(o.get("state"), dtype=np.float32)
+            if state.shape != (self.stats.state.dim,):
+                raise ValueError(
+                    f"observation {i}: state must have shape ({self.stats.state.dim},), got {state.shape}"
+                )
+            states.append(state)
+        raw_state = np.stack(states)
+        cameras = observations[0].get("images", {})
+        images = {self._slot(c): np.stack([o["images"][c] for o in observations]) for c in cameras}
+        obs = build_observation(
+            self.model.config,
+            self.tokenizer,
+            images=images,
+            state=self.state_norm.normalize(raw_state),
+            prompts=[str(o.get("prompt", "")) for o in observations],
+        ).to(self.device)
+        c = self.model.config
+        noise = torch.randn(len(observations), c.action_horizon, c.action_dim, generator=self.generator)
+        actions = self.model.sample_actions(obs, noise=noise.to(self.device), num_steps=self.num_steps)
+        actions = self.action_norm.unnormalize(actions[..., : self.action_dim].cpu().numpy())
+        return to_absolute(actions, raw_state, self.stats.delta_action_mask)
+
+    def __call__(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """(H, action_dim) actions for one raw observation."""
+        return self.infer_batch([observation])[0]
