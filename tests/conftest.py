@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# MuJoCo picks its GL backend at first import (headless: egl or osmesa; .ci/sim-setup.sh checks which).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest
 import torch

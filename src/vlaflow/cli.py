@@ -102,6 +102,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from vlaflow.sim.generate import generate_metaworld
+    from vlaflow.sim.metaworld import resolve_tasks
+
+    summary = generate_metaworld(
+        args.output,
+        tasks=resolve_tasks(args.tasks),
+        episodes_per_task=args.episodes_per_task,
+        cameras=[c.strip() for c in args.cameras.split(",") if c.strip()],
+        resolution=args.resolution,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {summary.episodes} episodes ({summary.frames} frames) to {summary.output} "
+        f"in {summary.seconds:.0f} s; expert success {100 * summary.expert_success_rate:.1f}% "
+        f"over {summary.attempts} attempts"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vlaflow.sim.evaluate import evaluate_metaworld
+    from vlaflow.sim.metaworld import resolve_tasks
+
+    if (args.checkpoint is None) == (args.policy is None):
+        raise ValueError("give exactly one of --checkpoint DIR or --policy expert")
+    results = evaluate_metaworld(
+        args.output,
+        policy="expert" if args.policy else str(args.checkpoint),
+        tasks=resolve_tasks(args.tasks),
+        episodes_per_task=args.episodes_per_task,
+        steps_per_chunk=args.steps_per_chunk,
+        workers=args.workers,
+        seed=args.seed,
+        resolution=args.resolution,
+        videos_per_task=args.videos_per_task,
+    )
+    for name, r in {**results["groups"], "overall": results["overall"]}.items():
+        print(f"{name:>10}: {100 * r['success_rate']:5.1f}%  ({r['tasks']} tasks, {r['episodes']} episodes)")
+    print(f"results, chart and videos in {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +189,35 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--delta-action-mask", help="comma-separated 0/1 per action dim, e.g. 1,1,1,1,1,1,0")
     stats.add_argument("--output", type=Path, help="JSON file (default: DATASET/norm_stats.json)")
     stats.set_defaults(run=_stats)
+
+    generate = commands.add_parser(
+        "generate", help="demonstration datasets from scripted experts (LeRobot v3.0)"
+    )
+    generate.add_argument("benchmark", choices=["metaworld"])
+    generate.add_argument("--tasks", default="mt10", help="mt50, mt10, easy/medium/hard/very_hard, or names")
+    generate.add_argument("--episodes-per-task", type=int, default=50)
+    generate.add_argument("--output", type=Path, required=True)
+    generate.add_argument("--cameras", default="corner2", help="comma-separated Meta-World cameras")
+    generate.add_argument("--resolution", type=int, default=224)
+    generate.add_argument("--workers", type=int, help="parallel simulator processes (default: all CPUs)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=_generate)
+
+    evaluate = commands.add_parser(
+        "eval", help="success rates of a policy in simulation, with a chart and videos"
+    )
+    evaluate.add_argument("benchmark", choices=["metaworld"])
+    evaluate.add_argument("--checkpoint", type=Path, help="a trained model directory")
+    evaluate.add_argument("--policy", choices=["expert"], help="run the scripted experts instead")
+    evaluate.add_argument("--tasks", default="mt10")
+    evaluate.add_argument("--episodes-per-task", type=int, default=10)
+    evaluate.add_argument("--output", type=Path, required=True)
+    evaluate.add_argument("--steps-per-chunk", type=int, default=5, help="actions executed per inference")
+    evaluate.add_argument("--workers", type=int)
+    evaluate.add_argument("--seed", type=int, default=1_000_000)
+    evaluate.add_argument("--resolution", type=int, default=224)
+    evaluate.add_argument("--videos-per-task", type=int, default=2)
+    evaluate.set_defaults(run=_eval)
 
     train = commands.add_parser(
         "train",

@@ -61,7 +61,7 @@ import os
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -616,7 +616,10 @@ class _RolloutWorker:
             if len(self._cache) > _ENV_CACHE_SIZE:
                 self._cache.popitem(last=False)[1][0].close()
         env, policy = self._cache[task]
-        return rollout(env, policy, seed=seed, **self._rollout_kwargs)
+        kwargs = dict(self._rollout_kwargs)
+        if not isinstance(kwargs["record"], bool):
+            kwargs["record"] = (task, seed) in kwargs["record"]
+        return rollout(env, policy, seed=seed, **kwargs)
 
     def close(self) -> None:
         while self._cache:
@@ -644,9 +647,12 @@ def rollout_many(
     env_kwargs: Mapping[str, Any] | None = None,
     steps_per_chunk: int = 1,
     steps_after_success: int = 0,
-    record: bool = True,
+    record: bool | Collection[tuple[str, int]] = True,
+    ordered: bool = False,
 ) -> Iterator[Episode]:
-    """Run (task, seed) jobs (see ``episode_jobs``) and yield episodes as they complete (unordered).
+    """Run (task, seed) jobs (see ``episode_jobs``) and yield episodes as they complete, or in job order
+    with ``ordered=True`` (for writing datasets deterministically). ``record`` is a bool or the set of
+    (task, seed) jobs whose camera frames to keep (e.g. the few an evaluation turns into videos).
 
     ``workers > 1`` uses a "spawn" process pool (MuJoCo GL contexts are not fork-safe), so
     ``policy_factory`` (task -> policy, e.g. ``ExpertPolicy``) must be picklable and the calling script
@@ -657,15 +663,18 @@ def rollout_many(
     jobs = [(_check_task(task), seed) for task, seed in jobs]
     _check_rollout_options(steps_per_chunk, steps_after_success)
     workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, len(jobs)))
+    record = record if isinstance(record, bool) else frozenset(record)
     args = (
         policy_factory,
         dict(env_kwargs or {}),
         {"steps_per_chunk": steps_per_chunk, "steps_after_success": steps_after_success, "record": record},
     )
-    return _run_jobs(jobs, workers, args)
+    return _run_jobs(jobs, workers, args, ordered)
 
 
-def _run_jobs(jobs: list[tuple[str, int]], workers: int, args: tuple[Any, ...]) -> Iterator[Episode]:
+def _run_jobs(
+    jobs: list[tuple[str, int]], workers: int, args: tuple[Any, ...], ordered: bool
+) -> Iterator[Episode]:
     if workers == 1:
         worker = _RolloutWorker(*args)
         try:
@@ -675,4 +684,4 @@ def _run_jobs(jobs: list[tuple[str, int]], workers: int, args: tuple[Any, ...]) 
             worker.close()
         return
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=args) as pool:
-        yield from pool.imap_unordered(_run_job, jobs, chunksize=1)
+        yield from (pool.imap if ordered else pool.imap_unordered)(_run_job, jobs, chunksize=1)
