@@ -10,22 +10,24 @@ the stages add up to the total.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from vlaflow.models import VLA, Observation, preset
+from vlaflow.bench.common import (
+    DTYPES,
+    benchmark_parser,
+    finish,
+    peak_memory,
+    synchronizer,
+    synthetic_observation,
+)
+from vlaflow.models import VLA, preset
 from vlaflow.models.config import REFERENCE_IMAGE_KEYS
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -47,17 +49,6 @@ class InferenceBenchmark:
     total_p90_ms: float
     peak_memory_gib: float
     memory_kind: str
-
-
-def synthetic_observation(model: VLA, batch: int, device: torch.device) -> Observation:
-    c = model.config
-    s = c.vision.image_size
-    return Observation(
-        images={k: torch.rand(batch, s, s, 3, device=device) * 2 - 1 for k in c.image_keys},
-        state=torch.zeros(batch, c.action_dim, device=device),
-        tokenized_prompt=torch.randint(0, c.vocab_size, (batch, c.max_token_len), device=device),
-        tokenized_prompt_mask=torch.ones(batch, c.max_token_len, dtype=torch.bool, device=device),
-    )
 
 
 def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[object, float]:
@@ -89,9 +80,7 @@ def run(
     model.set_compute_dtype(DTYPES[dtype])
     obs = synthetic_observation(model, batch_size, dev)
     noise = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    sync = synchronizer(dev)
 
     def one_call() -> tuple[float, float, float]:
         (prefix, segments), vision_ms = _timed(lambda: model.embed_prefix(obs), sync)
@@ -106,10 +95,7 @@ def run(
             one_call()
         rows = [(*r, sum(r)) for r in (one_call() for _ in range(iterations))]
 
-    if dev.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "cuda max allocated"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+    peak, kind = peak_memory(dev)
     totals = sorted(r[3] for r in rows)
     return InferenceBenchmark(
         preset=preset_name,
@@ -147,18 +133,8 @@ def report(b: InferenceBenchmark) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="pi05_tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--cameras", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser = benchmark_parser(__doc__, batch_size=1, iterations=10)
+    parser.add_argument("--steps", type=int, default=10, help="Euler steps")
     args = parser.parse_args(argv)
     result = run(
         args.preset,
@@ -170,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations,
         warmup=args.warmup,
     )
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(asdict(result), indent=2))
-    return 0
+    return finish(result, report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,21 @@ analytic forward); MFU divides the achieved rate by the device's dense peak wher
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from vlaflow.bench.inference import DTYPES, synthetic_observation
+from vlaflow.bench.common import (
+    DTYPES,
+    benchmark_parser,
+    finish,
+    peak_memory,
+    synchronizer,
+    synthetic_observation,
+)
 from vlaflow.models import VLA, preset
 from vlaflow.models.config import REFERENCE_IMAGE_KEYS
 from vlaflow.models.flops import peak_flops, training_step_flops
@@ -68,9 +71,7 @@ def run(
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], OptimConfig())
     obs = synthetic_observation(model, batch_size, dev)
     actions = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    sync = synchronizer(dev)
 
     def step() -> float:
         sync()
@@ -87,10 +88,7 @@ def run(
     for _ in range(warmup):
         step()
     seconds = statistics.median(step() for _ in range(iterations))
-    if dev.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "cuda max allocated"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+    peak, kind = peak_memory(dev)
     flops = training_step_flops(config, batch_size=batch_size).total
     achieved = flops / seconds
     peak_rate = peak_flops(dev, DTYPES[dtype])
@@ -130,18 +128,8 @@ def report(b: TrainBenchmark) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="pi05_tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="autocast dtype (default: bfloat16 on cuda)")
-    parser.add_argument("--cameras", type=int, default=3)
+    parser = benchmark_parser(__doc__, batch_size=8, iterations=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     result = run(
         args.preset,
@@ -153,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations,
         warmup=args.warmup,
     )
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(asdict(result), indent=2))
-    return 0
+    return finish(result, report(result), args.json)
 
 
 if __name__ == "__main__":
