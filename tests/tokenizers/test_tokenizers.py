@@ -100,3 +100,17 @@ def test_padding_and_truncation(caplog):
     tokens, mask = tokenize_prompt(tok, "a long prompt", None, pi05=False, max_len=5)
     assert mask.all() and len(tokens) == 5
     assert "truncated" in caplog.text
+
+
+def test_embedded_words_and_numbers_are_single_tokens():
+    tok = EmbeddedTokenizer()
+    prompt = "Task: Press a button from the top, State: 130 126 35 255;\nAction: "
+    ids = tok.encode(prompt)
+    assert tok.decode(ids) == prompt
+    assert len(ids) == 20
+    assert len(tok.encode(" 128")) == 1 and len(tok.encode(" Drawer")) == 1 and len(tok.encode("drawer")) == 1
+    assert tok.encode("zyxwv") == [4 + b for b in b"zyxwv"]  # unknown words fall back to bytes
+    # A tokenizer saved with fewer words keeps every id of the shorter table.
+    small = load_tokenizer(EmbeddedTokenizer(num_words=10).spec())
+    assert small.vocab_size == tok.vocab_size - 4 * (tok.num_words - 10)
+    assert small.encode("task 7") == tok.encode("task 7")

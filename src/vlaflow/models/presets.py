@@ -3,7 +3,7 @@
 `gemma_2b`, `gemma_300m` and `dummy` are the reference's Gemma variants; `so400m` its vision
 tower. The reference's `dummy` models keep the full So400m vision tower (projected down to the
 dummy width). `*_tiny` presets are small enough to train from scratch on a CPU; they use the
-embedded byte-level tokenizer, whose vocabulary size `EMBEDDED_VOCAB_SIZE` must match
+embedded tokenizer, whose vocabulary size `EMBEDDED_VOCAB_SIZE` must match
 `vlaflow.tokenizers.EmbeddedTokenizer` (a test checks it).
 """
 
@@ -23,7 +23,7 @@ TINY_VISION = SiglipConfig(image_size=112, patch_size=14, width=96, depth=3, mlp
 TINY_VLM = GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
 TINY_EXPERT = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
 PALIGEMMA_VOCAB_SIZE = 257_152
-EMBEDDED_VOCAB_SIZE = 3_332
+EMBEDDED_VOCAB_SIZE = 7_112
 
 
 def reference_config(
@@ -61,7 +61,7 @@ def _tiny(pi05: bool) -> VLAConfig:
         expert=TINY_EXPERT,
         pi05=pi05,
         vocab_size=EMBEDDED_VOCAB_SIZE,
-        max_token_len=128 if pi05 else 64,
+        max_token_len=64 if pi05 else 48,
     )
 
 

@@ -14,7 +14,7 @@ def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its `spec()` (as stored with a checkpoint)."""
     kind = spec.get("kind")
     if kind == "embedded":
-        return EmbeddedTokenizer()
+        return EmbeddedTokenizer(spec["num_words"])
     if kind == "paligemma":
         return PaliGemmaTokenizer(spec["path"])
     raise ValueError(f"tokenizer spec {spec}: 'kind' must be 'embedded' or 'paligemma'")
