@@ -1,9 +1,13 @@
+from vlaflow.models.presets import PRESETS
 from vlaflow.bench.inference import main, run
 
 
 def test_inference_benchmark_reports_every_stage(capsys, tmp_path):
     result = run("pi0_tiny", cameras=2, steps=2, iterations=2, warmup=1)
-    assert result.prefix_tokens == 2 * 64 + 64 and result.suffix_tokens == 51
+    config = PRESETS["pi0_tiny"]()
+    image_tokens = config.vision.num_patches
+    assert result.prefix_tokens == 2 * image_tokens + config.max_token_len
+    assert result.suffix_tokens == 1 + config.action_horizon
     for value in (result.vision_ms, result.prefix_ms, result.denoise_ms):
         assert value > 0
     assert (
