@@ -1,0 +1,260 @@
+"""Policy evaluation on the tabletop benchmark: task progress, success and language following with
+95% confidence intervals, a chart, and rollout videos with the current subtask drawn on them.
+
+Each family of `families` runs `episodes` seeded episodes (seeds ``seed + i``, by default far from the
+seeds datasets are generated from) of one split. A checkpoint is run through
+`vlaflow.sim.evaluate.CheckpointPolicyFactory` (as for Meta-World): it receives
+``{"images": {"observation.images.<camera>": uint8 (H, W, 3)}, "state": float32 (5,), "prompt": str}``
+(camera keys as the dataset names them; in verbal-instruction sessions the prompt is the command in force)
+and returns an action chunk (T, 5) or ``{"actions": (T, 5), "subtask": str}``; chunks are executed
+`steps_per_chunk` actions at a time. Intervals: Wilson score for success rates; percentile bootstrap over
+episodes (2000 resamples, fixed seed) for mean progress and language following.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vlaflow.data.video import encode_video
+from vlaflow.sim.evaluate import EVAL_SEED, CheckpointPolicyFactory
+from vlaflow.sim.generate import camera_feature
+from vlaflow.sim.tabletop.expert import ExpertPolicy
+from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
+from vlaflow.sim.tabletop.rollout import Episode, Policy, rollout_many
+from vlaflow.sim.tabletop.scene import check_split_name
+from vlaflow.sim.tabletop.tasks import FAMILIES
+from vlaflow.sim.tabletop.world import FPS
+
+BOOTSTRAP_SAMPLES = 2000
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate (well behaved at 0 and 1 successes, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(
+    values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampling episodes)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return 0.0, 1.0
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Progress, success and language following (means / rate with 95% intervals) of episode records."""
+    progress = [r["progress"] for r in records]
+    follow = [r["language_following"] for r in records]
+    wins = sum(r["success"] for r in records)
+    return {
+        "episodes": len(records),
+        "progress": {
+            "mean": float(np.mean(progress)) if records else 0.0,
+            "ci95": bootstrap_interval(progress),
+        },
+        "success": {
+            "rate": wins / len(records) if records else 0.0,
+            "successes": wins,
+            "ci95": wilson_interval(wins, len(records)),
+        },
+        "language_following": {
+            "mean": float(np.mean(follow)) if records else 0.0,
+            "ci95": bootstrap_interval(follow),
+        },
+        "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0,
+    }
+
+
+def summarize(records: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    """Per-family and overall (pooled over all episodes) scores."""
+    return {
+        "families": {f: score([r for r in records if r["family"] == f]) for f in families},
+        "overall": score(records),
+    }
+
+
+def _record(episode: Episode) -> dict[str, Any]:
+    spec, result = episode.spec, episode.result
+    return {
+        "family": spec.family,
+        "seed": spec.seed,
+        "prompt": spec.prompt,
+        "subtasks": [s.text for s in spec.subtasks],
+        "targets": [spec.scene.label(t) for t in spec.targets],
+        "acted_on": [spec.scene.label(o) for o in result["acted_on"]],
+        "completed": [bool(c) for c in result["completed"]],
+        "progress": float(result["progress"]),
+        "success": bool(result["success"]),
+        "language_following": float(result["language_following"]),
+        "length": episode.length,
+    }
+
+
+def video_frames(episode: Episode, cameras: Sequence[str]) -> np.ndarray:
+    """(T, H + banner, W * cameras, 3) frames: the cameras side by side over a banner with the prompt in
+    force, the subtask the policy reported (if any), progress and step."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.concatenate([episode.images[c] for c in cameras], axis=2)
+    t, h, w, _ = images.shape
+    banner = 44
+    font = ImageFont.load_default()
+    chars = max(10, w // 6)
+    out = np.empty((t, h + banner, w, 3), dtype=np.uint8)
+    for i in range(t):
+        canvas = Image.new("RGB", (w, h + banner), (20, 20, 24))
+        canvas.paste(Image.fromarray(images[i]), (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((4, h + 2), f"prompt: {episode.prompts[i]}"[:chars], fill=(235, 235, 235), font=font)
+        draw.text(
+            (4, h + 16), f"subtask: {episode.subtasks[i] or '-'}"[:chars], fill=(255, 220, 80), font=font
+        )
+        progress = episode.progress[i - 1] if i else 0.0
+        draw.text((4, h + 30), f"step {i}  progress {progress:.2f}", fill=(160, 200, 255), font=font)
+        out[i] = np.asarray(canvas)
+    return out
+
+
+def plot_results(results: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*results["families"], "overall"]
+    rows = [*results["families"].values(), results["overall"]]
+    metrics = (
+        ("progress", "mean", "task progress"),
+        ("success", "rate", "success"),
+        ("language_following", "mean", "language following"),
+    )
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 2), 3.8))
+    width = 0.26
+    for k, (key, stat, label) in enumerate(metrics):
+        values = np.array([100 * r[key][stat] for r in rows])
+        lo = np.array([100 * r[key]["ci95"][0] for r in rows])
+        hi = np.array([100 * r[key]["ci95"][1] for r in rows])
+        x = np.arange(len(names)) + (k - 1) * width
+        ax.bar(x, values, width, label=label)
+        yerr = np.maximum(
+            0.0, [values - lo, hi - values]
+        )  # a bootstrap bound can sit a rounding off the mean
+        ax.errorbar(x, values, yerr=yerr, fmt="none", ecolor="black", capsize=2, lw=0.8)
+    ax.set_xticks(np.arange(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% (95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_tabletop(
+    output: str | Path,
+    *,
+    policy: str | Callable[[str], Policy],
+    split: str = "ood",
+    episodes: int = 20,
+    families: Sequence[str] = FAMILIES,
+    seed: int = EVAL_SEED,
+    workers: int | None = None,
+    resolution: int = 224,
+    videos: int = 2,
+    steps_per_chunk: int = 5,
+    cameras: Sequence[str] = DEFAULT_CAMERAS,
+    num_steps: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `policy` on `episodes` episodes per family of `split`; write ``results.json``,
+    ``results.png`` and ``videos/`` (the first `videos` episodes of each family) under `output`.
+
+    `policy` is "expert" (the scripted expert, one action per step), a checkpoint directory, or a
+    picklable `family -> policy` factory whose policies get the environment's observations.
+    """
+    check_split_name(split)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {list(families)}")
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    output = Path(output)
+    (output / "videos").mkdir(parents=True, exist_ok=True)
+    expert = policy == "expert"
+    if expert:
+        factory: Callable[[str], Policy] = ExpertPolicy
+    elif isinstance(policy, str):
+        if not (Path(policy) / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {policy!r}: not a vlaflow model directory (no config.json)")
+        factory = CheckpointPolicyFactory(policy, num_steps=num_steps)
+    elif callable(policy):
+        factory = policy
+    else:
+        raise TypeError(
+            f"policy must be 'expert', a checkpoint directory or a policy factory, got {policy!r}"
+        )
+    chunk = 1 if expert else steps_per_chunk
+    jobs = [(f, seed + i) for f in families for i in range(episodes)]
+    recorded = {(f, seed + i) for f in families for i in range(min(videos, episodes))}
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(jobs), disable=not progress, desc=f"evaluation ({split})", unit="ep")
+    for episode in rollout_many(
+        jobs,
+        factory,
+        split=split,
+        workers=workers,
+        env_kwargs={"cameras": tuple(cameras), "resolution": resolution},
+        steps_per_chunk=chunk,
+        record=recorded,
+    ):
+        records.append(_record(episode))
+        if episode.images:
+            name = f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
+            encode_video(output / "videos" / name, video_frames(episode, cameras), FPS)
+        bar.update(1)
+        bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}")
+    bar.close()
+    results = summarize(records, families)
+    results["settings"] = {
+        "policy": policy if isinstance(policy, str) else repr(policy),
+        "split": split,
+        "episodes_per_family": episodes,
+        "seed": seed,
+        "steps_per_chunk": chunk,
+        "resolution": resolution,
+        "cameras": [camera_feature(c) for c in cameras],
+        "denoising_steps": None if expert or not isinstance(policy, str) else num_steps,
+        "intervals": "success: Wilson score 95%; progress, language following: percentile bootstrap 95% "
+        f"over episodes ({BOOTSTRAP_SAMPLES} resamples)",
+        "seconds": time.perf_counter() - start,
+    }
+    results["episodes"] = records
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    name = "scripted expert" if expert else (policy if isinstance(policy, str) else type(policy).__name__)
+    overall = results["overall"]
+    plot_results(
+        results,
+        output / "results.png",
+        f"tabletop ({split}), policy: {name} — progress {100 * overall['progress']['mean']:.0f}%, "
+        f"success {100 * overall['success']['rate']:.0f}%",
+    )
+    return results

@@ -1,0 +1,89 @@
+"""The scripted expert and other policies through the evaluation harness; `vlaflow eval tabletop`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from vlaflow.cli import main
+from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, wilson_interval
+from vlaflow.sim.tabletop.rollout import parse_output
+
+FAMILIES = ("items_in_drawer", "colour_in_container")
+
+
+@pytest.mark.parametrize("split", ["train", "ood"])
+def test_expert_solves_two_families(tmp_path, split):
+    results = evaluate_tabletop(
+        tmp_path, policy="expert", split=split, episodes=2, families=FAMILIES, workers=1, videos=0,
+        progress=False,
+    )  # fmt: skip
+    for family in FAMILIES:
+        r = results["families"][family]
+        assert r["episodes"] == 2 and r["success"]["rate"] == 1.0 and r["progress"]["mean"] == 1.0
+        assert r["language_following"]["mean"] == 1.0
+    for episode in results["episodes"]:
+        assert episode["completed"] == [True] * len(episode["subtasks"]) and episode["targets"]
+        assert set(episode["acted_on"]) == set(episode["targets"])
+
+
+class Idle:
+    """Holds still with the gripper open; says what it is (not) doing."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    def __call__(self, obs):
+        assert obs["images"]["scene"].shape == (48, 48, 3)  # a non-expert policy sees images
+        return {"actions": np.zeros((4, 5), dtype=np.float32), "subtask": "wait"}
+
+
+def test_results_json_chart_and_videos(tmp_path):
+    evaluate_tabletop(
+        tmp_path, policy=Idle, split="ood", episodes=2, families=("instruction", "group_in_container"),
+        workers=1, videos=1, resolution=48, steps_per_chunk=4, progress=False,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved) == {"families", "overall", "settings", "episodes"}
+    assert saved["settings"]["split"] == "ood" and saved["settings"]["steps_per_chunk"] == 4
+    overall = saved["overall"]
+    assert overall["episodes"] == 4 and overall["success"]["rate"] == 0.0 and overall["progress"]["mean"] == 0
+    lo, hi = overall["success"]["ci95"]
+    assert lo == 0.0 and hi == pytest.approx(wilson_interval(0, 4)[1]) and 0.4 < hi < 0.6
+    grouped = saved["families"]["group_in_container"]
+    assert grouped["language_following"]["mean"] == 0.0  # named objects never touched
+    assert grouped["mean_length"] > 200  # ran to the step limit
+    for episode in saved["episodes"]:
+        assert {"family", "seed", "prompt", "subtasks", "progress", "success", "language_following"} <= set(
+            episode
+        )
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    videos = sorted(p.name for p in (tmp_path / "videos").glob("*.mp4"))
+    assert videos == ["group_in_container_seed1000000_failure.mp4", "instruction_seed1000000_failure.mp4"]
+
+
+def test_bad_policy_outputs_and_options_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"shape \(5,\) or \(T, 5\)"):
+        parse_output(np.zeros((2, 7)))
+    with pytest.raises(ValueError, match="'actions'"):
+        parse_output({"subtask": "pick up the cup"})
+    with pytest.raises(ValueError, match="families"):
+        evaluate_tabletop(tmp_path, policy="expert", families=("fly",), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        evaluate_tabletop(tmp_path, policy=str(tmp_path), progress=False)
+
+
+def test_cli_evaluates_the_expert(tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval", "tabletop", "--policy", "expert", "--split", "train", "--episodes", "1"]
+    argv += ["--families", "instruction", "--resolution", "48", "--workers", "1", "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "instruction" in printed and "overall" in printed and "100.0" in printed
+    assert json.loads((out / "results.json").read_text())["settings"]["split"] == "train"
+    assert len(list((out / "videos").glob("instruction_seed1000000_success.mp4"))) == 1
+    assert main(["eval", "tabletop", "--output", str(out)]) == 2  # neither --policy nor --checkpoint
