@@ -102,15 +102,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cameras(args: argparse.Namespace, default: str) -> list[str]:
+    return [c.strip() for c in (args.cameras or default).split(",") if c.strip()]
+
+
+def _generate_tabletop(args: argparse.Namespace) -> int:
+    from vlaflow.sim.tabletop.generate import generate_tabletop
+
+    s = generate_tabletop(
+        args.output,
+        episodes=args.episodes,
+        split=args.split,
+        seed=args.seed,
+        resolution=args.resolution,
+        workers=args.workers,
+        cameras=_cameras(args, "scene,wrist"),
+    )
+    print(
+        f"wrote {s.task_episodes} task episodes and {s.verbal_episodes} verbal-instruction episodes "
+        f"({s.verbal_sessions} sessions; {s.frames} frames) and {s.web_samples} web samples to {s.output} "
+        f"in {s.seconds:.0f} s; expert success {100 * s.expert_success_rate:.1f}% over {s.attempts} attempts"
+    )
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from vlaflow.sim.generate import generate_metaworld
     from vlaflow.sim.metaworld import resolve_tasks
 
+    if args.benchmark == "tabletop":
+        return _generate_tabletop(args)
     summary = generate_metaworld(
         args.output,
         tasks=resolve_tasks(args.tasks),
         episodes_per_task=args.episodes_per_task,
-        cameras=[c.strip() for c in args.cameras.split(",") if c.strip()],
+        cameras=_cameras(args, "corner2"),
         resolution=args.resolution,
         workers=args.workers,
         seed=args.seed,
@@ -123,12 +149,42 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_tabletop(args: argparse.Namespace) -> int:
+    from vlaflow.sim.tabletop.evaluate import evaluate_tabletop
+    from vlaflow.sim.tabletop.tasks import FAMILIES
+
+    results = evaluate_tabletop(
+        args.output,
+        policy="expert" if args.policy else str(args.checkpoint),
+        split=args.split,
+        episodes=args.episodes,
+        families=[f.strip() for f in args.families.split(",")] if args.families else FAMILIES,
+        seed=args.seed,
+        workers=args.workers,
+        resolution=args.resolution,
+        videos=args.videos_per_task,
+        steps_per_chunk=args.steps_per_chunk,
+        cameras=_cameras(args, "scene,wrist"),
+    )
+    print(f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}")
+    for name, r in {**results["families"], "overall": results["overall"]}.items():
+        cells = [
+            f"{100 * r[key][stat]:5.1f} [{100 * r[key]['ci95'][0]:4.0f}, {100 * r[key]['ci95'][1]:3.0f}]"
+            for key, stat in (("progress", "mean"), ("success", "rate"), ("language_following", "mean"))
+        ]
+        print(f"{name:>20}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>18}  ({r['episodes']} episodes)")
+    print(f"percent, 95% intervals; results, chart and videos in {args.output}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from vlaflow.sim.evaluate import evaluate_metaworld
     from vlaflow.sim.metaworld import resolve_tasks
 
     if (args.checkpoint is None) == (args.policy is None):
         raise ValueError("give exactly one of --checkpoint DIR or --policy expert")
+    if args.benchmark == "tabletop":
+        return _eval_tabletop(args)
     results = evaluate_metaworld(
         args.output,
         policy="expert" if args.policy else str(args.checkpoint),
@@ -193,11 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate", help="demonstration datasets from scripted experts (LeRobot v3.0)"
     )
-    generate.add_argument("benchmark", choices=["metaworld"])
+    generate.add_argument("benchmark", choices=["metaworld", "tabletop"])
     generate.add_argument("--tasks", default="mt10", help="mt50, mt10, easy/medium/hard/very_hard, or names")
     generate.add_argument("--episodes-per-task", type=int, default=50)
+    generate.add_argument("--episodes", type=int, default=100, help="tabletop: task episodes in all")
+    generate.add_argument("--split", choices=["train", "ood"], default="train", help="tabletop scenes")
     generate.add_argument("--output", type=Path, required=True)
-    generate.add_argument("--cameras", default="corner2", help="comma-separated Meta-World cameras")
+    generate.add_argument(
+        "--cameras", help="comma-separated cameras (default: corner2 / tabletop: scene,wrist)"
+    )
     generate.add_argument("--resolution", type=int, default=224)
     generate.add_argument("--workers", type=int, help="parallel simulator processes (default: all CPUs)")
     generate.add_argument("--seed", type=int, default=0)
@@ -206,11 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="success rates of a policy in simulation, with a chart and videos"
     )
-    evaluate.add_argument("benchmark", choices=["metaworld"])
+    evaluate.add_argument("benchmark", choices=["metaworld", "tabletop"])
     evaluate.add_argument("--checkpoint", type=Path, help="a trained model directory")
     evaluate.add_argument("--policy", choices=["expert"], help="run the scripted experts instead")
     evaluate.add_argument("--tasks", default="mt10")
     evaluate.add_argument("--episodes-per-task", type=int, default=10)
+    evaluate.add_argument("--split", choices=["train", "ood"], default="ood", help="tabletop scenes")
+    evaluate.add_argument("--episodes", type=int, default=20, help="tabletop: episodes per task family")
+    evaluate.add_argument("--families", help="tabletop: comma-separated task families (default: all)")
+    evaluate.add_argument("--cameras", help="tabletop: comma-separated cameras (default: scene,wrist)")
     evaluate.add_argument("--output", type=Path, required=True)
     evaluate.add_argument("--steps-per-chunk", type=int, default=5, help="actions executed per inference")
     evaluate.add_argument("--workers", type=int)
