@@ -202,6 +202,40 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_OPTIONS = (
+    "episodes_per_task",
+    "resolution",
+    "steps",
+    "batch_size",
+    "eval_episodes_per_task",
+    "workers",
+)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vlaflow.demo import DemoConfig, run_demo
+    from vlaflow.sim.metaworld import resolve_tasks
+
+    config = DemoConfig(
+        **({"tasks": tuple(resolve_tasks(args.tasks))} if args.tasks else {}),
+        **{k: v for k in _DEMO_OPTIONS if (v := getattr(args, k)) is not None},
+    )
+    summary = run_demo(args.output, config)
+    for task, rate in summary["tasks"].items():
+        print(f"{task:>28}: {100 * rate:5.1f}%")
+    minutes = {k: f"{v / 60:.1f}" for k, v in summary["seconds"].items()}
+    print(
+        f"success rate {100 * summary['success_rate']:.1f}% over {summary['episodes']} episodes; "
+        f"{minutes['total']} min (generate {minutes['generate']}, train {minutes['train']}, "
+        f"evaluate {minutes['evaluate']})"
+    )
+    print(
+        f"chart {args.output / 'eval' / 'success.png'}, videos {args.output / 'eval' / 'videos'}, "
+        f"loss curve {args.output / 'run' / 'loss.png'}, checkpoint {summary['checkpoint']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--videos-per-task", type=int, default=2)
     evaluate.set_defaults(run=_eval)
 
+    demo = commands.add_parser(
+        "demo",
+        help="the main job: Meta-World demonstrations -> a tiny pi0.5 trained on the CPU -> success rate",
+    )
+    demo.add_argument("--output", type=Path, default=Path("demo"), help="rerun to resume")
+    demo.add_argument("--tasks", help="Meta-World task names, comma-separated (default: three easy tasks)")
+    demo.add_argument("--episodes-per-task", type=int, help="demonstrations per task")
+    demo.add_argument("--resolution", type=int, help="camera resolution of data and evaluation")
+    demo.add_argument("--steps", type=int, help="training steps")
+    demo.add_argument("--batch-size", type=int)
+    demo.add_argument("--eval-episodes-per-task", type=int)
+    demo.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
+    demo.set_defaults(run=_demo)
+
     train = commands.add_parser(
         "train",
         help="train or fine-tune on LeRobot datasets (torchrun for many GPUs)",
@@ -313,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"vlaflow {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,5 @@
-from vlaflow.models.presets import PRESETS
 from vlaflow.bench.inference import main, run
+from vlaflow.models.presets import PRESETS
 
 
 def test_inference_benchmark_reports_every_stage(capsys, tmp_path):
@@ -43,5 +43,7 @@ def test_training_benchmark_counts_flops(capsys):
     expected = training_step_flops(preset("pi0_tiny", image_keys=("base_0_rgb",)), batch_size=2).total
     assert result.model_tflop_per_step == expected / 1e12
     assert result.samples_per_s > 0 and result.mfu is None  # no known CPU peak
-    assert train_main(["--preset", "pi05_tiny", "--batch-size", "2", "--iterations", "1", "--warmup", "0"]) == 0
+    assert (
+        train_main(["--preset", "pi05_tiny", "--batch-size", "2", "--iterations", "1", "--warmup", "0"]) == 0
+    )
     assert "MFU" in capsys.readouterr().out

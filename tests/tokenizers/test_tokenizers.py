@@ -102,13 +102,14 @@ def test_padding_and_truncation(caplog):
     assert "truncated" in caplog.text
 
 
-def test_embedded_words_and_numbers_are_single_tokens():
+def test_embedded_words_are_single_tokens_and_numbers_digits():
     tok = EmbeddedTokenizer()
     prompt = "Task: Press a button from the top, State: 130 126 35 255;\nAction: "
     ids = tok.encode(prompt)
     assert tok.decode(ids) == prompt
-    assert len(ids) == 20
-    assert len(tok.encode(" 128")) == 1 and len(tok.encode(" Drawer")) == 1 and len(tok.encode("drawer")) == 1
+    assert len(ids) == 31
+    assert tok.encode(" 128") == [4 + b for b in b" 128"]
+    assert len(tok.encode(" Drawer")) == 1 and len(tok.encode("drawer")) == 1
     assert tok.encode("zyxwv") == [4 + b for b in b"zyxwv"]  # unknown words fall back to bytes
     # A tokenizer saved with fewer words keeps every id of the shorter table.
     small = load_tokenizer(EmbeddedTokenizer(num_words=10).spec())

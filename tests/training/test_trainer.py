@@ -217,12 +217,16 @@ def test_bf16_autocast_with_activation_checkpointing(toy_dataset, tmp_path):
     overrides = ["steps=2", "precision=bfloat16", "gradient_checkpointing=true"]
     result = train(config_for(toy_dataset, overrides=overrides), tmp_path / "run", progress=False)
     assert all(np.isfinite(loss) for _, loss in result.losses)
-    assert load_pretrained(result.checkpoint).model.action_in_proj.weight.dtype == torch.float32  # master weights
+    assert (
+        load_pretrained(result.checkpoint).model.action_in_proj.weight.dtype == torch.float32
+    )  # master weights
 
 
 @pytest.mark.slow
 def test_torch_compile(toy_dataset, tmp_path):
-    result = train(config_for(toy_dataset, overrides=["steps=3", "compile=true"]), tmp_path / "run", progress=False)
+    result = train(
+        config_for(toy_dataset, overrides=["steps=3", "compile=true"]), tmp_path / "run", progress=False
+    )
     eager = train(config_for(toy_dataset, overrides=["steps=3"]), tmp_path / "eager", progress=False)
     for (_, a), (_, b) in zip(result.losses, eager.losses, strict=True):
         assert abs(a - b) < 1e-3 * abs(b)

@@ -23,7 +23,7 @@ TINY_VISION = SiglipConfig(image_size=112, patch_size=14, width=96, depth=3, mlp
 TINY_VLM = GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
 TINY_EXPERT = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
 PALIGEMMA_VOCAB_SIZE = 257_152
-EMBEDDED_VOCAB_SIZE = 7_112
+EMBEDDED_VOCAB_SIZE = 5_112
 
 
 def reference_config(

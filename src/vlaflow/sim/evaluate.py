@@ -154,8 +154,8 @@ def evaluate_metaworld(
         if episode.images:
             name = f"{episode.task}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
             encode_video(output / "videos" / name, episode.images["corner2"], VIDEO_FPS)
+        bar.set_postfix(success=f"{np.mean([s for v in successes.values() for s in v]):.0%}", refresh=False)
         bar.update(1)
-        bar.set_postfix(success=f"{np.mean([s for v in successes.values() for s in v]):.0%}")
     bar.close()
     results = summarize({t: successes[t] for t in tasks}, dict(lengths))
     results["settings"] = {

@@ -2,12 +2,16 @@
 
 Ids: 0 pad, 1 eos, 2 bos, 3 unused (PaliGemma's unk slot), 4..259 the 256 byte values,
 260..1283 `<loc0000>`..`<loc1023>`, then `NUM_RESERVED` ids kept free for discrete action
-(FAST) tokens, then whole-piece tokens: the numbers 0..999 and the words of `words.WORDS`, each
-with and without a leading space (words also capitalized). Text splits into words, numbers and
-single characters; a piece in the table is one token, anything else is its UTF-8 bytes, so every
-string encodes and decodes exactly. A pi0.5 prompt such as
-"Task: press a button from the top, State: 130 126 35 255;\\nAction: " is ~20 tokens instead of
-~70 bytes, which is most of the sequence of a tiny model.
+(FAST) tokens, then whole-word tokens: the words of `words.WORDS`, each with and without a
+leading space, also capitalized. Text splits into words and single characters; a word in the table
+is one token, anything else is its UTF-8 bytes, so every string encodes and decodes exactly. A
+pi0.5 prompt such as "Task: press a button from the top, State: 130 126 35 255;\\nAction: " is
+~31 tokens instead of ~70 bytes, which is most of the sequence of a tiny model.
+
+Numbers stay digit by digit: a model trained from scratch reads the discretized state far better
+from shared digit embeddings than from 1000 separate number embeddings it has to learn one by one
+(Meta-World, one task, 600 steps: held-out action error 0.203 with digits vs 0.251 with number
+tokens).
 
 The table only grows at the end (new words), and a checkpoint records how many words its model
 was trained with (`spec()`), so its ids never change.
@@ -26,14 +30,11 @@ LOC_OFFSET = BYTE_OFFSET + 256
 RESERVED_OFFSET = LOC_OFFSET + NUM_LOC_TOKENS
 NUM_RESERVED = 2048
 PIECE_OFFSET = RESERVED_OFFSET + NUM_RESERVED
-NUMBERS = 1000
-_SPLIT = re.compile(r"<loc\d{4}>| ?[A-Za-z]+| ?[0-9]+|.", re.DOTALL)
+_SPLIT = re.compile(r"<loc\d{4}>| ?[A-Za-z]+|.", re.DOTALL)
 
 
 def _pieces(num_words: int) -> list[str]:
-    numbers = [p for n in range(NUMBERS) for p in (str(n), f" {n}")]
-    words = [p for w in WORDS[:num_words] for p in (w, f" {w}", w.capitalize(), f" {w.capitalize()}")]
-    return numbers + words
+    return [p for w in WORDS[:num_words] for p in (w, f" {w}", w.capitalize(), f" {w.capitalize()}")]
 
 
 class EmbeddedTokenizer(Tokenizer):

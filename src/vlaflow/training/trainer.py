@@ -309,8 +309,10 @@ class Trainer:
             number = step + 1
             losses.append((number, loss))
             done_since_log += 1
+            bar.set_postfix(
+                loss=f"{loss:.4f}", lr=f"{learning_rate(step, c.optim, c.steps):.2e}", refresh=False
+            )
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate(step, c.optim, c.steps):.2e}")
             if number % c.log_every == 0 or number == c.steps:
                 elapsed = time.perf_counter() - tick
                 row = {

@@ -230,8 +230,8 @@ def evaluate_tabletop(
         if episode.images:
             name = f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
             encode_video(output / "videos" / name, video_frames(episode, cameras), FPS)
+        bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}", refresh=False)
         bar.update(1)
-        bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}")
     bar.close()
     results = summarize(records, families)
     results["settings"] = {
