@@ -105,8 +105,9 @@ def plot_success(results: dict[str, Any], out: Path, title: str) -> None:
     ax.set_xlabel("success rate (%)")
     groups = ", ".join(f"{g} {100 * r['success_rate']:.0f}%" for g, r in results["groups"].items())
     ax.set_title(f"{title}\noverall {100 * results['overall']['success_rate']:.1f}% ({groups})", fontsize=9)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax.legend(handles, list(colors), fontsize=7, loc="lower right")
+    present = [g for g in colors if g in results["groups"]]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[g]) for g in present]
+    ax.legend(handles, present, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the bars
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

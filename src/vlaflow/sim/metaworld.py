@@ -333,6 +333,16 @@ def _register_renderer_cleanup() -> None:
     atexit.register(_close_live_renderers)
 
 
+def track_renderer(renderer: Any) -> None:
+    """Close `renderer` at interpreter exit unless `untrack_renderer` saw it closed first."""
+    _live_renderers.add(renderer)
+    _register_renderer_cleanup()
+
+
+def untrack_renderer(renderer: Any) -> None:
+    _live_renderers.discard(renderer)
+
+
 class MetaWorldEnv:
     """One Meta-World task with seeded variation, LeRobot-style observations and fast offscreen rendering.
 
@@ -403,8 +413,7 @@ class MetaWorldEnv:
         if fast_render:
             renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        _live_renderers.add(renderer)
-        _register_renderer_cleanup()
+        track_renderer(renderer)
         return renderer
 
     def reset(self, seed: int | None = None) -> dict[str, Any]:
@@ -455,7 +464,7 @@ class MetaWorldEnv:
         """Free the GL context and the simulator."""
         if self._renderer is not None:
             self._renderer.close()
-            _live_renderers.discard(self._renderer)
+            untrack_renderer(self._renderer)
             self._renderer = None
         self._env.close()
 
@@ -522,7 +531,7 @@ def _as_chunk(output: Any) -> np.ndarray:
     return chunk
 
 
-def _check_rollout_options(steps_per_chunk: int, steps_after_success: int) -> None:
+def check_rollout_options(steps_per_chunk: int, steps_after_success: int) -> None:
     if not isinstance(steps_per_chunk, int) or steps_per_chunk < 1:
         raise ValueError(f"steps_per_chunk must be a positive int, got {steps_per_chunk!r}")
     if not isinstance(steps_after_success, int) or steps_after_success < 0:
@@ -544,7 +553,7 @@ def rollout(
     to ``env.reset``. A ``reset()`` method on the policy (e.g. to drop queued actions) is called first.
     ``record=False`` keeps images out of the episode (the policy still sees them).
     """
-    _check_rollout_options(steps_per_chunk, steps_after_success)
+    check_rollout_options(steps_per_chunk, steps_after_success)
     reset = getattr(policy, "reset", None)
     if callable(reset):
         reset()
@@ -661,7 +670,7 @@ def rollout_many(
     Each episode depends only on its (task, seed), not on which worker ran it.
     """
     jobs = [(_check_task(task), seed) for task, seed in jobs]
-    _check_rollout_options(steps_per_chunk, steps_after_success)
+    check_rollout_options(steps_per_chunk, steps_after_success)
     workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, len(jobs)))
     record = record if isinstance(record, bool) else frozenset(record)
     args = (

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaflow.sim.metaworld import _check_rollout_options
+from vlaflow.sim.metaworld import check_rollout_options
 from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec, make_subtask, sample_episode
 from vlaflow.sim.tabletop.world import ACTION_DIM, ACTION_HIGH, ACTION_LOW, TabletopEnv
 
@@ -105,7 +105,7 @@ def rollout(
     ``record=False`` keeps images out of the episode (the policy still sees them); ``annotate`` adds the
     per-frame boxes of the reported subtask's entities in every camera.
     """
-    _check_rollout_options(steps_per_chunk, steps_after_success)
+    check_rollout_options(steps_per_chunk, steps_after_success)
     reset = getattr(policy, "reset", None)
     if callable(reset):
         reset()
@@ -222,7 +222,7 @@ def rollout_many(
     for family, seed in jobs:
         if family not in FAMILIES or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"a job is (family in {FAMILIES}, seed >= 0), got {(family, seed)!r}")
-    _check_rollout_options(steps_per_chunk, steps_after_success)
+    check_rollout_options(steps_per_chunk, steps_after_success)
     workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, len(jobs)))
     rollout_kwargs = {
         "steps_per_chunk": steps_per_chunk,

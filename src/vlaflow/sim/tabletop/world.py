@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaflow.sim.metaworld import _live_renderers, _register_renderer_cleanup
+from vlaflow.sim.metaworld import track_renderer, untrack_renderer
 from vlaflow.sim.tabletop.annotations import Annotator
 from vlaflow.sim.tabletop.mjcf import CAMERA_NAMES, FINGER_TRAVEL, HOME, MAX_OPENING, TIMESTEP, scene_xml
 from vlaflow.sim.tabletop.scene import Scene, check_split_name
@@ -140,8 +140,7 @@ class TabletopWorld:
                 f"cannot create a MuJoCo GL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {err}. "
                 "Set MUJOCO_GL to egl or osmesa before mujoco is first imported."
             ) from err
-        _live_renderers.add(renderer)
-        _register_renderer_cleanup()
+        track_renderer(renderer)
         return renderer
 
     def step(self, action: np.ndarray) -> None:
@@ -254,7 +253,7 @@ class TabletopWorld:
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
-            _live_renderers.discard(self._renderer)
+            untrack_renderer(self._renderer)
             self._renderer = None
 
 
