@@ -86,7 +86,8 @@ def _checkpoint(output: Path, config: DemoConfig, dataset: Path, progress: bool)
     done = complete_checkpoints(output)
     if done and done[-1][0] >= config.steps:
         return done[-1][1]
-    return train(config.train_config(dataset), output, resume=bool(done), progress=progress).checkpoint
+    run = config.train_config(dataset)
+    return train(run, output, resume=bool(done), steps=config.steps, progress=progress).checkpoint
 
 
 def run_demo(
