@@ -11,7 +11,6 @@ a complete dataset is reused, training resumes from its last checkpoint, evaluat
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,12 +64,10 @@ class DemoConfig:
 
 
 def _dataset(output: Path, config: DemoConfig, progress: bool) -> None:
-    try:
+    # The writer renames a dataset into place only once it is complete, so one that exists is reused.
+    if output.exists():
         validate_dataset(output)
         return
-    except ValueError:
-        if output.exists():  # an interrupted generation: it is deterministic, so start it again
-            shutil.rmtree(output)
     generate_metaworld(
         output,
         tasks=config.tasks,
