@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from vlaflow.data.lerobot import LeRobotDataset, LeRobotDatasetWriter, LeRobotMeta, validate_dataset
+from vlaflow.data.lerobot import (
+    LeRobotDataset,
+    LeRobotDatasetWriter,
+    LeRobotFormatWarning,
+    LeRobotMeta,
+    validate_dataset,
+)
 
 CAM = "observation.images.cam"
 WRIST = "observation.images.wrist"
@@ -319,8 +325,8 @@ def _rewrite_json(path: Path, edit) -> None:
         ),
         (lambda root: (root / "meta/stats.json").unlink(), "missing meta/stats.json"),
         (
-            lambda root: _rewrite_json(root / "meta/stats.json", lambda s: s.pop("action")),
-            "no entry for feature 'action'",
+            lambda root: _rewrite_json(root / "meta/stats.json", lambda s: s["action"].pop("std")),
+            r"stats\['action'\]: missing \['std'\]",
         ),
         (
             lambda root: _rewrite_json(
@@ -374,5 +380,85 @@ def test_reader_errors_name_the_missing_file(written):
     shutil.rmtree(root / "data")
     with pytest.raises(FileNotFoundError, match=r"data/chunk-000/file-000\.parquet"):
         LeRobotDataset(root)
-    with pytest.raises(FileNotFoundError, match=r"info\.json"):
+    with pytest.raises(FileNotFoundError, match=r"no such directory: .*nowhere$"):
         LeRobotMeta(root / "nowhere")
+
+
+def test_a_feature_without_stats_is_a_warning_not_a_problem(written):
+    root, _ = written
+    _rewrite_json(root / "meta/stats.json", lambda s: s.pop("action"))
+    with pytest.warns(LeRobotFormatWarning, match="stats: no entry for feature 'action'"):
+        validate_dataset(root)
+
+
+def test_episode_selection_restricts_every_view(written, counter):
+    root, episodes = written  # lengths 6, 9, 4
+    _, read_counter = counter
+    ds = LeRobotDataset(root, episodes=[2, 0, 2], action_horizon=5)
+    assert ds.episodes == [0, 2] and ds.num_episodes == 2 and len(ds) == 10
+    np.testing.assert_array_equal(
+        ds.column("observation.state"),
+        np.concatenate([episodes[0]["observation.state"], episodes[2]["observation.state"]]),
+    )
+    np.testing.assert_array_equal(ds.episode_ends(), [6] * 6 + [10] * 4)
+    assert ds.episode_range(2) == range(6, 10) and ds.episode_of(6) == 2
+    item = ds[8]  # episode 2, frame 2 of 4
+    assert (item["index"][0], item["frame_index"][0], item["task"]) == (17, 2, "task 0")
+    assert read_counter(item[CAM]) == 202
+    np.testing.assert_array_equal(item["action"], episodes[2]["action"][[2, 3, 3, 3, 3]].astype(np.float32))
+    assert item["action_is_pad"].tolist() == [False, False, True, True, True]
+    assert ds[5]["action_is_pad"].tolist() == [False, True, True, True, True]  # episode 0 ends at 6
+    with pytest.raises(KeyError, match="no episode 1"):
+        ds.episode_range(1)
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_episode_selection_in_v21_and_embedded_image_layouts(v21_dataset, v30_image_dataset, counter):
+    counter_frames, read_counter = counter
+    ds = LeRobotDataset(v21_dataset, episodes=[1])
+    assert len(ds) == 12 and ds.episode_range(1) == range(12)
+    assert [read_counter(ds[k]["observation.images.top"]) for k in range(12)] == list(range(100, 112))
+    images = LeRobotDataset(v30_image_dataset, episodes=[1])  # 5 + 4 frames in one file
+    assert len(images) == 4 and images.column("frame_index")[:, 0].tolist() == [0, 1, 2, 3]
+    for k in range(4):
+        np.testing.assert_array_equal(images[k]["observation.images.front"], counter_frames([100 + k], 32)[0])
+
+
+def test_episode_selection_reads_only_the_files_it_needs(v30_video_dataset, counter):
+    _, read_counter = counter
+    for holding_episodes_0_and_1 in (
+        "videos/observation.images.front/chunk-000/file-000.mp4",
+        "data/chunk-000/file-000.parquet",
+    ):
+        (v30_video_dataset / holding_episodes_0_and_1).unlink()
+    ds = LeRobotDataset(v30_video_dataset, episodes=[2])
+    assert len(ds) == 8
+    assert [read_counter(ds[k]["observation.images.front"]) for k in range(8)] == list(range(200, 208))
+
+
+def test_unknown_episodes_are_named(written):
+    root, _ = written
+    with pytest.raises(ValueError, match=r"episodes \[5, 9\] are not in .* 3 episodes"):
+        LeRobotDataset(root, episodes=[1, 5, 9])
+    with pytest.raises(ValueError, match="selects nothing"):
+        LeRobotDataset(root, episodes=[])
+
+
+def test_missing_and_non_dataset_directories_are_told_apart(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^no such directory: .*nonexistent$"):
+        LeRobotDataset(tmp_path / "nonexistent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        FileNotFoundError, match=r"empty is not a LeRobot dataset: no meta/info\.json .*empty"
+    ):
+        LeRobotDataset(tmp_path / "empty")
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"not a LeRobot dataset: .*\(found: data/, notes\.txt\)"):
+        LeRobotDataset(other)
+    with pytest.raises(ValueError, match="not a directory"):
+        LeRobotDataset(other / "notes.txt")
+    with pytest.raises(ValueError, match="no such directory"):
+        validate_dataset(tmp_path / "nonexistent")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("mujoco")
@@ -41,7 +42,9 @@ def test_dataset_loads_with_subtasks_and_boxes(dataset):
     frame = ds[0]
     assert frame["observation.state"].shape == (5,) and frame["action"].shape == (5,)
     assert frame["observation.images.wrist"].shape == (RES, RES, 3)
-    kinds, subtasks = ds.column("annotation.kind"), ds.column("annotation.subtask")
+    kinds = ds.column("annotation.kind")
+    subtasks = [ds.meta.subtasks[i] for i in ds.column("subtask_index")[:, 0]]
+    assert frame["subtask"] == subtasks[0] and frame["subtask_index"].dtype == np.int64
     boxes = ds.column("annotation.boxes.scene")
     assert set(kinds) == {"task", "verbal_instruction"}
     assert all(subtasks) and sum("<loc" in b for b in boxes) > 0.8 * len(boxes)
@@ -50,7 +53,7 @@ def test_dataset_loads_with_subtasks_and_boxes(dataset):
             assert label in subtask
     first = ds.episode_range(0)
     assert ds[first.start]["task"].startswith("put the ")
-    assert ds.column("annotation.subtask_index")[first.start, 0] == 0
+    assert ds.column("annotation.plan_step")[first.start, 0] == 0
     assert ds.column("next.success")[first.stop - 1, 0] and not ds.column("next.success")[first.start, 0]
 
 
@@ -64,7 +67,7 @@ def test_verbal_instruction_episodes_prompt_each_command(dataset):
     for r in verbal:
         rows = ds.episode_range(r["episode_index"])
         assert ds[rows.start]["task"] == r["prompt"]
-        assert set(ds.column("annotation.subtask")[rows.start : rows.stop]) == {r["prompt"]}
+        assert {ds[i]["subtask"] for i in rows} == {r["prompt"]}
 
 
 def test_web_samples(dataset):

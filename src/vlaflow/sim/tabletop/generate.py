@@ -3,8 +3,10 @@
 One dataset directory holds three kinds of data (see docs/benchmarks/tabletop.md for every column):
 
 * task episodes: the scripted expert solving tasks (`TASK_FAMILIES` by default: the long-horizon
-  families and single commands), the prompt as the episode's task, per-frame subtask text and `<loc>`
-  boxes of the subtask's entities in every camera (``annotation.kind = "task"``);
+  families and single commands), the prompt as the episode's task, per-frame subtasks in LeRobot's
+  convention (`subtask_index` + meta/subtasks.parquet, read back as ``item["subtask"]``) with their
+  step in the episode's plan, and `<loc>` boxes of the subtask's entities in every camera
+  (``annotation.kind = "task"``);
 * verbal-instruction episodes: sessions of commands issued one at a time, each command one episode whose
   task is the command (``annotation.kind = "verbal_instruction"``); a session's commands are consecutive
   episodes and continue each other's final state. They share the robot, cameras and normalization with
@@ -58,8 +60,7 @@ def tabletop_features(cameras: Sequence[str], resolution: int) -> dict[str, dict
         "next.reward": {"dtype": "float32", "shape": [1], "names": None},
         "next.success": {"dtype": "bool", "shape": [1], "names": None},
         "annotation.kind": {"dtype": "string"},
-        "annotation.subtask": {"dtype": "string"},
-        "annotation.subtask_index": {"dtype": "int64", "shape": [1], "names": None},
+        "annotation.plan_step": {"dtype": "int64", "shape": [1], "names": None},
     }
     for camera in cameras:
         features[camera_feature(camera)] = {
@@ -91,7 +92,10 @@ class TabletopGenerationSummary:
         return (self.task_episodes + self.verbal_sessions) / max(1, self.attempts)
 
 
-def _segment(episode: Episode, start: int, stop: int, kind: str, cameras: Sequence[str]) -> dict[str, Any]:
+def _segment(
+    episode: Episode, start: int, stop: int, kind: str, cameras: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """(frames, subtask texts) of frames start..stop-1 of an episode."""
     plan = {s.text: i for i, s in enumerate(episode.spec.subtasks)}
     subtasks = episode.subtasks[start:stop]
     frames: dict[str, Any] = {
@@ -100,13 +104,12 @@ def _segment(episode: Episode, start: int, stop: int, kind: str, cameras: Sequen
         "next.reward": episode.progress[start:stop, None],
         "next.success": episode.successes[start:stop, None],
         "annotation.kind": [kind] * (stop - start),
-        "annotation.subtask": subtasks,
-        "annotation.subtask_index": np.array([plan.get(s, -1) for s in subtasks], dtype=np.int64)[:, None],
+        "annotation.plan_step": np.array([plan.get(s, -1) for s in subtasks], dtype=np.int64)[:, None],
     }
     for camera in cameras:
         frames[camera_feature(camera)] = episode.images[camera][start:stop]
         frames[boxes_feature(camera)] = episode.boxes[camera][start:stop]
-    return frames
+    return frames, subtasks
 
 
 def _episode_record(episode: Episode, kind: str, prompt: str, **extra: Any) -> dict[str, Any]:
@@ -204,12 +207,11 @@ def generate_tabletop(
     records: list[dict[str, Any]] = []
     frames = task_episodes = verbal_episodes = 0
     with LeRobotDatasetWriter(
-        output, fps=FPS, features=tabletop_features(cameras, resolution), robot_type=ROBOT_TYPE
+        output, fps=FPS, features=tabletop_features(cameras, resolution), robot_type=ROBOT_TYPE, subtasks=True
     ) as writer:
         for episode in tasks:
-            writer.add_episode(
-                _segment(episode, 0, episode.length, "task", cameras), task=episode.spec.prompt
-            )
+            segment, subtasks = _segment(episode, 0, episode.length, "task", cameras)
+            writer.add_episode(segment, task=episode.spec.prompt, subtasks=subtasks)
             records.append(_episode_record(episode, "task", episode.spec.prompt))
             frames += episode.length
             task_episodes += 1
@@ -221,8 +223,10 @@ def generate_tabletop(
                 if len(rows) == 0:
                     continue
                 prompt = session.spec.subtasks[k].text
-                segment = _segment(session, int(rows[0]), int(rows[-1]) + 1, "verbal_instruction", cameras)
-                writer.add_episode(segment, task=prompt)
+                segment, subtasks = _segment(
+                    session, int(rows[0]), int(rows[-1]) + 1, "verbal_instruction", cameras
+                )
+                writer.add_episode(segment, task=prompt, subtasks=subtasks)
                 records.append(
                     _episode_record(session, "verbal_instruction", prompt, session=number, command=k)
                 )
