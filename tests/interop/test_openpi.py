@@ -101,6 +101,33 @@ def test_pi0_checkpoint_into_pi05_model_lists_missing_and_unexpected(tmp_path):
     assert "unexpected keys" in message and "action_time_mlp_in.weight [64, 128]" in message
 
 
+@pytest.mark.parametrize("stored", ["embedding", "head", "both"])
+def test_either_name_of_the_tied_embedding_pair_loads(tmp_path, stored):
+    source = VLA(preset("pi0_tiny"))
+    randomize_(source)
+    embed = source.transformer.embed.weight.detach().clone()
+    extra = {"paligemma_with_expert.paligemma.lm_head.weight": embed} if stored != "embedding" else {}
+    drop = ("language_model.embed_tokens",) if stored == "head" else ()
+    reference_checkpoint(source, tmp_path / "model.safetensors", extra=extra, drop=drop)
+    with torch.device("meta"):
+        model = VLA(source.config)
+    load_reference_weights(model, tmp_path, dtype=torch.float32, device="cpu")
+    assert torch.equal(model.transformer.embed.weight, embed)
+
+
+def test_a_checkpoint_without_the_embedding_is_refused_by_name(tmp_path):
+    source = VLA(preset("pi0_tiny"))
+    reference_checkpoint(source, tmp_path / "model.safetensors", drop=("language_model.embed_tokens",))
+    with torch.device("meta"):
+        model = VLA(source.config)
+    with pytest.raises(
+        ValueError,
+        match=r"1 missing keys, first: \S+language_model\.embed_tokens\.weight "
+        r"\[5112, 128\] \(or its tied paligemma_with_expert\.paligemma\.lm_head\.weight\)",
+    ):
+        load_reference_weights(model, tmp_path, dtype=torch.float32, device="cpu")
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no safetensors checkpoint"):
         load_pytorch_checkpoint(tmp_path, pi05=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import save_file, save_model
+from torch import nn
 
 pytest.importorskip("transformers")
 
@@ -89,6 +91,34 @@ def test_tiny_matches_reference(tmp_path, name, prefix, lm_head):
     loss_err, sample_err = compare(ours.eval(), ref, config)
     assert loss_err < 1e-5, loss_err
     assert sample_err < 1e-5, sample_err
+
+
+class LeRobotLayout(nn.Module):
+    """LeRobot's policy holds the reference model as `.model`: its keys get a `model.` prefix."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+
+@pytest.mark.parametrize("lerobot", [False, True])
+def test_checkpoint_written_by_save_model_matches_reference(tmp_path, lerobot):
+    """openpi and LeRobot save with `safetensors.torch.save_model`, which keeps one name of the tied
+    embedding / LM head pair (`lm_head`): the file has no `embed_tokens`, and must still load."""
+    config = preset("pi05_tiny")
+    ref = reference_for(config)
+    path = tmp_path / "model.safetensors"
+    save_model(LeRobotLayout(ref) if lerobot else ref, str(path))
+    prefix = "model." if lerobot else ""
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+    assert prefix + "paligemma_with_expert.paligemma.lm_head.weight" in names
+    assert not any(n.endswith("language_model.embed_tokens.weight") for n in names)
+    with torch.device("meta"):
+        ours = VLA(config)
+    load_reference_weights(ours, tmp_path, dtype=torch.float32, device="cpu")
+    loss_err, sample_err = compare(ours.eval(), ref, config)
+    assert loss_err < 1e-5 and sample_err < 1e-5, (loss_err, sample_err)
 
 
 @pytest.mark.slow

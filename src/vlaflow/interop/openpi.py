@@ -36,11 +36,14 @@ _GEMMA_RULES = [
     (r"\.scale$", ".weight"),
     (r"\.modulation\.", ".dense."),
 ]
-# Present in reference checkpoints, not needed by us: the LM head is tied to the embedding and
-# the action expert's head is never used.
-_IGNORED = re.compile(
-    r"^paligemma_with_expert\.(paligemma\.lm_head|gemma_expert\.lm_head|gemma_expert\.model\.embed_tokens)\."
-)
+# Present in reference checkpoints, not needed by us: the action expert's head and embedding are
+# never used.
+_IGNORED = re.compile(r"^paligemma_with_expert\.gemma_expert\.(lm_head|model\.embed_tokens)\.")
+# PaliGemma ties its LM head to the token embedding. `safetensors.torch.save_model` (how openpi and
+# LeRobot save) keeps only one name of a tied pair, the alphabetically first: `lm_head`. Either name
+# (or both) therefore stands for our embedding.
+_EMBEDDING = _STACKS["0"] + "embed_tokens.weight"
+_TIED_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
 
 
 def reference_key(key: str) -> str:
@@ -81,8 +84,11 @@ def load_reference_weights(
     wanted = {reference_key(k): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
     state, seen, unexpected, mismatched = {}, set(), [], []
     with safe_open(str(file), framework="pt", device="cpu") as f:
-        for stored in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            name = stored.removeprefix("model.")
+        stored_names = {stored.removeprefix("model."): stored for stored in f.keys()}  # noqa: SIM118
+        if _TIED_HEAD in stored_names and _EMBEDDING in wanted:
+            head = stored_names.pop(_TIED_HEAD)
+            stored_names.setdefault(_EMBEDDING, head)  # the embedding itself wins when both are stored
+        for name, stored in stored_names.items():
             if _IGNORED.match(name):
                 continue
             if name not in wanted:
@@ -95,7 +101,11 @@ def load_reference_weights(
                 mismatched.append(f"{stored}: checkpoint {list(stored_shape)} vs model {list(shape)}")
                 continue
             state[ours] = f.get_tensor(stored).to(device=device, dtype=dtype)
-    missing = [f"{ref} {list(shape)}" for ref, (_, shape) in wanted.items() if ref not in seen]
+    missing = [
+        f"{ref} {list(shape)}" + (f" (or its tied {_TIED_HEAD})" if ref == _EMBEDDING else "")
+        for ref, (_, shape) in wanted.items()
+        if ref not in seen
+    ]
     if missing or unexpected or mismatched:
         problems = []
         for label, items in (
