@@ -1,4 +1,4 @@
-"""Tokenizers behind one interface, and the reference's prompt formats."""
+"""Tokenizers behind one interface, the reference's prompt formats, and FAST action tokens."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from vlaflow.tokenizers.base import Tokenizer
 from vlaflow.tokenizers.embedded import EmbeddedTokenizer
+from vlaflow.tokenizers.fast import FastIdRange, FastTokenizer
 from vlaflow.tokenizers.paligemma import PaliGemmaTokenizer
 from vlaflow.tokenizers.prompts import discretize_state, tokenize_prompt
 
@@ -22,6 +23,8 @@ def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
 
 __all__ = [
     "EmbeddedTokenizer",
+    "FastIdRange",
+    "FastTokenizer",
     "PaliGemmaTokenizer",
     "Tokenizer",
     "discretize_state",
