@@ -84,6 +84,38 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fast_fit(args: argparse.Namespace) -> int:
+    from vlaflow.data.fast_fit import fit_from_datasets
+    from vlaflow.data.pipeline import SourceConfig
+
+    r = fit_from_datasets(
+        [SourceConfig(str(d)) for d in args.datasets],
+        args.output,
+        action_horizon=args.action_horizon,
+        vocab_size=args.vocab_size,
+        scale=args.scale,
+        normalization=args.normalization,
+        holdout_fraction=args.holdout_fraction,
+        seed=args.seed,
+    )
+    print(
+        f"fitted on {r.train_chunks} chunks ({r.action_horizon} x {r.action_dim}, {r.normalization} "
+        f"normalization); held out {r.heldout_episodes} episodes ({r.heldout_chunks} chunks)"
+    )
+    print(f"BPE: {r.coefficient_values} coefficient values, {r.bpe_ids} ids of vocab_size {args.vocab_size}")
+    print(
+        f"tokens per held-out chunk: mean {r.mean_tokens:.1f}, p99 {r.p99_tokens:.1f}; per-dimension "
+        f"binning: {r.binning_tokens} ({r.compression:.1f}x more)"
+    )
+    print(f"round trip (normalized units): RMSE {r.rmse:.4f}, max abs error {r.max_abs_error:.4f}")
+    print(
+        f"decoding failures: {r.decoding_failures} of {r.heldout_chunks}; "
+        f"coefficients clipped to the fitted range: {r.clipped_coefficients}"
+    )
+    print(f"wrote {r.output} (tokenizer, norm_stats.json, fit_report.json)")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from vlaflow.data.pipeline import SourceConfig
     from vlaflow.training.configs import apply_overrides, named_config
@@ -236,6 +268,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from vlaflow.inference.policy import Policy
+    from vlaflow.inference.server import TOKEN_ENV, ServerConfig, server_for_policy
+    from vlaflow.pretrained import read_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = {
+        k: v
+        for k in ("max_frame_bytes", "batch_window_ms", "max_batch")
+        if (v := getattr(args, k)) is not None
+    }
+    config = ServerConfig(
+        host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None, **limits
+    )
+    policy = Policy.load(args.checkpoint, source=args.source, device=args.device, num_steps=args.num_steps)
+    metadata = read_config(args.checkpoint)["metadata"]
+    server_for_policy(policy, metadata, config=config, source=args.source, key_map=args.key_map).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--delta-action-mask", help="comma-separated 0/1 per action dim, e.g. 1,1,1,1,1,1,0")
     stats.add_argument("--output", type=Path, help="JSON file (default: DATASET/norm_stats.json)")
     stats.set_defaults(run=_stats)
+
+    fast = commands.add_parser("fast", help="FAST action tokenizers (DCT + BPE) for discrete action tokens")
+    fast_commands = fast.add_subparsers(dest="fast_command", required=True)
+    fast_fit = fast_commands.add_parser(
+        "fit", help="fit on LeRobot datasets' normalized action chunks; measure on held-out episodes"
+    )
+    fast_fit.add_argument("datasets", type=Path, nargs="+", metavar="DATASET")
+    fast_fit.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
+    fast_fit.add_argument("--vocab-size", type=int, default=1024)
+    fast_fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficients x scale, rounded")
+    fast_fit.add_argument("--action-horizon", type=int, default=50, help="chunk length H")
+    fast_fit.add_argument("--normalization", choices=["quantile", "zscore"], default="quantile")
+    fast_fit.add_argument("--holdout-fraction", type=float, default=0.1, help="episodes held out per dataset")
+    fast_fit.add_argument("--seed", type=int, default=0, help="which episodes are held out")
+    fast_fit.set_defaults(run=_fast_fit)
 
     generate = commands.add_parser(
         "generate", help="demonstration datasets from scripted experts (LeRobot v3.0)"
@@ -349,6 +419,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the last complete checkpoint in --output"
     )
     train.set_defaults(run=_train)
+
+    serve = commands.add_parser(
+        "serve", help="serve a checkpoint to robots over WebSocket (openpi's protocol); SIGTERM stops it"
+    )
+    serve.add_argument("--checkpoint", type=Path, required=True, help="a trained model directory")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (use --token)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--num-steps", type=int, default=10, help="Euler steps per inference")
+    serve.add_argument("--token", help="token clients must present (default: $VLAFLOW_SERVER_TOKEN, or none)")
+    serve.add_argument("--max-frame-bytes", type=int, help="largest request decoded (default: 16 MiB)")
+    serve.add_argument("--batch-window-ms", type=float, help="wait this long to batch clients (default: 10)")
+    serve.add_argument("--max-batch", type=int, help="default: 8")
+    serve.add_argument(
+        "--key-map",
+        help='client key -> dataset key: JSON (\'{"observation/image": "observation.images.top"}\'), a .json '
+        "file, or libero (default: the checkpoint's own, else the dataset's names)",
+    )
+    serve.add_argument("--source", help="which training dataset's statistics, for a mixture")
+    serve.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -1,0 +1,418 @@
+"""A WebSocket policy server that speaks openpi's wire protocol, so robot clients written for
+openpi work unchanged: on connect one msgpack frame of metadata, then one msgpack-numpy reply
+frame per request frame, with `actions` (H, action_dim) in robot units, `policy_timing:
+{infer_ms}` (the `infer_batch` call) and `server_timing: {infer_ms, queue_ms, batch_size,
+prev_total_ms}` (infer_ms: from the request's arrival to its actions; queue_ms: waiting for a
+batch; prev_total_ms: the previous request's arrival to reply, from the second reply on).
+openpi's `{"__ctrl__": ...}` episode markers get `{"__ack__": ...}`. `GET /healthz` answers 200.
+
+Unlike the reference it never closes a connection over a bad request: each one gets an error
+frame naming the field (see `vlaflow.inference.schema`) and the connection stays open. Inference
+runs on one worker thread, off the event loop, so many clients can be connected at once; requests
+that arrive within `batch_window_ms` of each other and have the same cameras at the same sizes
+share one `Policy.infer_batch` call. The wait ends early once every connected client is waiting,
+so a lone client never waits. Optional token (`Authorization: Bearer T`, openpi's
+`Authorization: Api-Key T`, or `?token=T`; otherwise 401), a frame-size limit, and a clean stop on
+SIGTERM / SIGINT (no new connections; running inference finishes; connections close with 1001).
+
+Frames above `max_frame_bytes` get an error reply without being decoded; frames above
+`OVERSIZE_FACTOR` times that are refused by the WebSocket layer (close code 1009) before they are
+read, so a client cannot make the server buffer more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import ipaddress
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from websockets.asyncio.server import Request as HttpRequest
+from websockets.asyncio.server import Response, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+import vlaflow
+from vlaflow.inference.policy import Policy
+from vlaflow.inference.protocol import DecodeError, pack, unpack
+from vlaflow.inference.schema import Request, RequestError, ServingSpec, control_hz
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "VLAFLOW_SERVER_TOKEN"
+OVERSIZE_FACTOR = 4
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port (see `PolicyServer.port`)
+    token: str | None = None
+    max_frame_bytes: int = 16 * 2**20
+    batch_window_ms: float = 10.0
+    max_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_frame_bytes < 1 or self.max_batch < 1 or self.batch_window_ms < 0:
+            raise ValueError(
+                f"max_frame_bytes and max_batch must be >= 1 and batch_window_ms >= 0, got "
+                f"{self.max_frame_bytes}, {self.max_batch}, {self.batch_window_ms}"
+            )
+
+
+@dataclass
+class ServerStats:
+    """What the server has done so far (read by tests and the benchmark)."""
+
+    replies: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # error replies by field, or "inference"
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # batches formed, by size
+    open_connections: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    actions: np.ndarray
+    infer_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Waiting:
+    request: Request
+    arrived: float
+    result: asyncio.Future[BatchResult]
+
+
+class Batcher:
+    """Collects requests into batches and runs them on one worker thread, one batch at a time."""
+
+    def __init__(
+        self,
+        infer_batch: Callable[[list[dict[str, Any]]], np.ndarray],
+        *,
+        window_s: float,
+        max_batch: int,
+        clients: Callable[[], int],
+        stats: ServerStats,
+    ):
+        self.infer_batch, self.window_s, self.max_batch = infer_batch, window_s, max_batch
+        self.clients, self.stats = clients, stats
+        self.waiting: list[_Waiting] = []
+        self.arrival = asyncio.Event()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaflow-infer")
+
+    async def submit(self, request: Request) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(request, loop.time(), loop.create_future())
+        self.waiting.append(waiting)
+        self.arrival.set()
+        return await waiting.result
+
+    def _compatible(self, first: _Waiting) -> list[_Waiting]:
+        same = [w for w in self.waiting if w.request.signature == first.request.signature]
+        return same[: self.max_batch]
+
+    async def _next_batch(self) -> list[_Waiting]:
+        """Waits for a request, then for compatible ones until the batch is full, every connected
+        client is waiting, or the first request has waited `window_s`."""
+        loop = asyncio.get_running_loop()
+        while not (waiting := [w for w in self.waiting if not w.result.cancelled()]):  # skip clients gone
+            self.arrival.clear()
+            await self.arrival.wait()
+        self.waiting = waiting
+        first = self.waiting[0]
+        while len(self._compatible(first)) < self.max_batch and len(self.waiting) < self.clients():
+            remaining = first.arrived + self.window_s - loop.time()
+            if remaining <= 0:
+                break
+            self.arrival.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrival.wait(), remaining)
+        batch = self._compatible(first)
+        self.waiting = [w for w in self.waiting if all(w is not b for b in batch)]
+        return batch
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            start = time.perf_counter()
+            observations = [w.request.observation for w in batch]
+            try:
+                actions = await loop.run_in_executor(self.worker, self.infer_batch, observations)
+                if len(actions) != len(batch):
+                    raise ValueError(f"{len(actions)} action chunks for a batch of {len(batch)}")
+            except Exception as error:  # the server outlives any inference failure
+                logger.exception("inference failed for a batch of %d", len(batch))
+                outcomes = [error] * len(batch)
+            else:
+                infer_ms = (time.perf_counter() - start) * 1e3
+                self.stats.batch_sizes[len(batch)] += 1
+                outcomes = [BatchResult(chunk, infer_ms, len(batch)) for chunk in actions]
+            for w, outcome in zip(batch, outcomes, strict=True):
+                if w.result.done():
+                    continue
+                if isinstance(outcome, BatchResult):
+                    w.result.set_result(outcome)
+                else:
+                    w.result.set_exception(outcome)
+
+
+def _peer(connection: ServerConnection) -> str:
+    return ":".join(map(str, (connection.remote_address or ("?",))[:2]))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class PolicyServer:
+    """Serves `infer_batch` (e.g. `Policy.infer_batch`) to WebSocket clients."""
+
+    def __init__(
+        self,
+        infer_batch: Callable[[list[dict[str, Any]]], np.ndarray],
+        spec: ServingSpec,
+        metadata: Mapping[str, Any],
+        config: ServerConfig | None = None,
+    ):
+        config = config or ServerConfig()
+        self.infer_batch, self.spec, self.config = infer_batch, spec, config
+        self.metadata = {
+            **metadata,
+            "observation": spec.observation_spec(),
+            "key_map": dict(spec.key_map),
+            "limits": {
+                "max_frame_bytes": config.max_frame_bytes,
+                "max_batch": config.max_batch,
+                "batch_window_ms": config.batch_window_ms,
+            },
+        }
+        self.stats = ServerStats()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ HTTP: health and auth
+
+    def _authorized(self, request: HttpRequest) -> bool:
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() not in ("bearer", "api-key"):
+            credential = ""
+        credential = credential.strip() or next(
+            iter(parse_qs(urlsplit(request.path).query).get("token", [])), ""
+        )
+        return hmac.compare_digest(credential.encode(), (self.config.token or "").encode())
+
+    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
+        if urlsplit(request.path).path == HEALTH_PATH:
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self.config.token and not self._authorized(request):
+            logger.warning("refused peer=%s reason=missing-or-wrong-token", _peer(connection))
+            return connection.respond(
+                http.HTTPStatus.UNAUTHORIZED,
+                "a token is required: send 'Authorization: Bearer TOKEN' or connect to ?token=TOKEN\n",
+            )
+        return None
+
+    # ------------------------------------------------------------------ one request
+
+    async def _answer(self, message: str | bytes, batcher: Batcher) -> tuple[dict[str, Any], str]:
+        """The reply frame's content and a log fragment describing it."""
+        try:
+            if isinstance(message, str):
+                raise RequestError("frame", "got a text frame", "a binary msgpack frame")
+            if len(message) > self.config.max_frame_bytes:
+                raise RequestError(
+                    "frame",
+                    f"frame of {len(message)} bytes is over the limit",
+                    f"at most {self.config.max_frame_bytes} bytes (downscale images on the client)",
+                )
+            try:
+                decoded = unpack(message)
+            except DecodeError as error:
+                raise RequestError("frame", str(error), "a msgpack map (msgpack-numpy arrays)") from error
+            if isinstance(decoded, dict) and "__ctrl__" in decoded:  # openpi's episode markers
+                return {"__ack__": decoded["__ctrl__"]}, "status=ack"
+            request = self.spec.parse(decoded)
+        except RequestError as error:
+            self.stats.errors[str(error.field)] += 1
+            return error.reply(), f"status=error field={error.field} message={error.message!r}"
+        queued = time.perf_counter()
+        try:
+            result = await batcher.submit(request)
+        except Exception as error:
+            self.stats.errors["inference"] += 1
+            failure = RequestError(None, f"inference failed: {type(error).__name__}: {error}")
+            return failure.reply(), f"status=error field=None message={failure.message!r}"
+        self.stats.replies += 1
+        queue_ms = (time.perf_counter() - queued) * 1e3 - result.infer_ms
+        reply = {
+            "actions": result.actions,
+            "policy_timing": {"infer_ms": result.infer_ms},
+            "server_timing": {"queue_ms": queue_ms, "batch_size": result.batch_size},
+        }
+        return (
+            reply,
+            f"status=ok batch={result.batch_size} queue_ms={queue_ms:.1f} infer_ms={result.infer_ms:.1f}",
+        )
+
+    async def _handle(self, connection: ServerConnection, batcher: Batcher) -> None:
+        peer = _peer(connection)
+        self.stats.open_connections += 1
+        logger.info("connected peer=%s", peer)
+        try:
+            await connection.send(pack(self.metadata))
+            prev_total_ms = None
+            async for message in connection:
+                arrived = time.perf_counter()
+                reply, outcome = await self._answer(message, batcher)
+                if "actions" in reply:
+                    reply["server_timing"]["infer_ms"] = (time.perf_counter() - arrived) * 1e3
+                    if prev_total_ms is not None:
+                        reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                await connection.send(pack(reply))
+                prev_total_ms = (time.perf_counter() - arrived) * 1e3
+                logger.info("request peer=%s %s total_ms=%.1f", peer, outcome, prev_total_ms)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.stats.open_connections -= 1
+            logger.info("disconnected peer=%s", peer)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
+        """Serves until `stop` is set; then closes every connection and lets running work finish."""
+        c = self.config
+        batcher = Batcher(
+            self.infer_batch,
+            window_s=c.batch_window_ms / 1e3,
+            max_batch=c.max_batch,
+            clients=lambda: self.stats.open_connections,
+            stats=self.stats,
+        )
+        try:
+            server = await serve(
+                lambda connection: self._handle(connection, batcher),
+                c.host,
+                c.port,
+                process_request=self._process_request,
+                compression=None,
+                max_size=c.max_frame_bytes * OVERSIZE_FACTOR,
+            )
+        except OSError as error:
+            raise ValueError(f"cannot listen on {c.host}:{c.port}: {error.strerror or error}") from error
+        batching = asyncio.create_task(batcher.run())
+        self.port = server.sockets[0].getsockname()[1]
+        if not _is_loopback(c.host) and not c.token:
+            logger.warning(
+                "listening on %s without a token: anyone who can reach it can drive the robot", c.host
+            )
+        logger.info(
+            "serving on ws://%s:%d (token %s, max batch %d, window %g ms, max frame %d bytes)",
+            c.host,
+            self.port,
+            "required" if c.token else "not required",
+            c.max_batch,
+            c.batch_window_ms,
+            c.max_frame_bytes,
+        )
+        if ready is not None:
+            ready(self.port)
+        async with server:
+            await stop.wait()
+            logger.info("stopping: closing %d connections", self.stats.open_connections)
+        batching.cancel()
+        batcher.worker.shutdown(wait=True)
+        logger.info("stopped after %d replies", self.stats.replies)
+
+    def run(self) -> None:
+        """Serves until SIGTERM or SIGINT (Ctrl-C)."""
+
+        async def until_signalled() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await self.serve(stop)
+
+        asyncio.run(until_signalled())
+
+    @contextlib.contextmanager
+    def in_background(self) -> Iterator[int]:
+        """Serves on a background thread (tests, benchmarks) and yields the port."""
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve_in_thread() -> None:
+            try:
+                loop.run_until_complete(self.serve(stop, ready=lambda _: started.set()))
+            except BaseException as error:
+                failure.append(error)
+                started.set()
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=serve_in_thread, name="vlaflow-server", daemon=True)
+        thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        try:
+            yield self.port
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join()
+        if failure:
+            raise failure[0]
+
+
+def server_for_policy(
+    policy: Policy,
+    checkpoint_metadata: Mapping[str, Any],
+    *,
+    config: ServerConfig | None = None,
+    source: str | None = None,
+    key_map: str | Mapping[str, str] | None = None,
+) -> PolicyServer:
+    """A server for a policy loaded from a training checkpoint (`Policy.load`), whose metadata
+    (`read_config(checkpoint)["metadata"]`) supplies the state key, a stored key map and the
+    control frequency."""
+    spec = ServingSpec.from_metadata(
+        checkpoint_metadata,
+        cameras=policy.stats.cameras,
+        state_dim=policy.stats.state.dim,
+        source=source,
+        key_map=key_map,
+    )
+    model = policy.model.config
+    horizon = model.action_horizon
+    metadata = {
+        "server": "vlaflow",
+        "vlaflow_version": vlaflow.__version__,
+        "action_dim": policy.action_dim,
+        "action_horizon": horizon,
+        "actions": {"dtype": "float32", "shape": [horizon, policy.action_dim]},
+        "control_hz": control_hz(checkpoint_metadata, source),
+        "model": {"pi05": model.pi05, "image_size": model.vision.image_size, "num_steps": policy.num_steps},
+    }
+    return PolicyServer(policy.infer_batch, spec, metadata, config)

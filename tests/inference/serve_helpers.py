@@ -1,0 +1,61 @@
+"""What the serving tests share: a request for the tiny checkpoint and a stub-model server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlaflow.bench.serve import TINY_ACTION_DIM, TINY_CAMERAS, TINY_HORIZON, TINY_STATE_DIM
+from vlaflow.inference.policy import Policy
+from vlaflow.inference.schema import ServingSpec
+from vlaflow.inference.server import PolicyServer, ServerConfig
+
+NUM_STEPS = 2
+WINDOW_MS = 1000.0  # long, so concurrent requests reliably share a batch; a lone client never waits
+STUB_MAX_FRAME = 64 * 1024
+
+
+@dataclass
+class Served:
+    server: PolicyServer
+    policy: Policy
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+def observation(size: int = 32, seed: int = 0) -> dict:
+    """A request in the tiny checkpoint's dataset key names."""
+    rng = np.random.default_rng(seed)
+    return {
+        **{c: rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8) for c in TINY_CAMERAS.values()},
+        "observation.state": rng.normal(size=TINY_STATE_DIM).astype(np.float32),
+        "prompt": "pick up the cup",
+    }
+
+
+class StubModel:
+    """Zeros of the right shape; records batch sizes; raises when told to."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.fail_next = False
+
+    def __call__(self, observations: list[dict]) -> np.ndarray:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("out of memory")
+        self.batches.append(len(observations))
+        return np.zeros((len(observations), TINY_HORIZON, TINY_ACTION_DIM), np.float32)
+
+
+def stub_server(**config) -> tuple[PolicyServer, StubModel]:
+    spec = ServingSpec(
+        cameras=tuple(TINY_CAMERAS.values()), state_key="observation.state", state_dim=TINY_STATE_DIM
+    )
+    model = StubModel()
+    defaults = {"port": 0, "max_frame_bytes": STUB_MAX_FRAME, "batch_window_ms": 0.0}
+    return PolicyServer(model, spec, {"server": "stub"}, ServerConfig(**{**defaults, **config})), model
