@@ -230,3 +230,114 @@ def test_torch_compile(toy_dataset, tmp_path):
     eager = train(config_for(toy_dataset, overrides=["steps=3"]), tmp_path / "eager", progress=False)
     for (_, a), (_, b) in zip(result.losses, eager.losses, strict=True):
         assert abs(a - b) < 1e-3 * abs(b)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_size=abc", "batch_size: expected an integer, got 'abc'"),
+        ("optim.peak_lr=abc", "optim.peak_lr: expected a number, got 'abc'"),
+        ("freeze=[vision", r"freeze=\[vision: not valid JSON"),
+        ('freeze="vision"', "freeze: expected a JSON list of strings, got 'vision'"),
+        ("augment=1", "augment: expected true or false, got 1"),
+        ('lora={"vlm": 1.5}', r"lora\.vlm: expected an integer, got 1\.5"),
+        ("model_overrides.action_horizon=x", r"model_overrides\.action_horizon: expected an integer"),
+        ("model_overrides.horizon=4", r"model_overrides\.horizon: not a model setting; known: \["),
+        ('optim={"peak": 1}', r"optim: unknown settings \['peak'\]"),
+        ("val_fraction=1.5", r"val_fraction must be in \[0, 1\)"),
+    ],
+)
+def test_every_override_is_type_checked_and_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(named_config("pi05_tiny"), [override])
+
+
+def test_overrides_are_converted_to_their_setting_types():
+    config = apply_overrides(
+        named_config("pi05_tiny"), ["optim.peak_lr=1", 'model_overrides={"image_keys": ["base_0_rgb"]}']
+    )
+    assert config.optim.peak_lr == 1.0 and isinstance(config.optim.peak_lr, float)
+    assert config.model_overrides["image_keys"] == ("base_0_rgb",)
+
+
+def test_describe_lists_every_setting_with_its_default_and_help():
+    from dataclasses import fields
+
+    from vlaflow.training.configs import TrainConfig, describe
+
+    config = apply_overrides(named_config("pi05_tiny"), ["batch_size=8"])
+    text = describe(config, named_config("pi05_tiny"))
+    lines = dict(line.split(" = ", 1) for line in text.splitlines())
+    expected = {f.name for f in fields(TrainConfig)} - {"optim"}
+    assert expected | {"optim.peak_lr", "optim.ema_decay"} <= set(lines)
+    assert lines["batch_size"] == "8  # global batch size (split across processes) (default: 32)"
+    assert all("  # " in value for value in lines.values())
+
+
+def test_validation_holds_out_episodes_and_logs_losses(toy_dataset, tmp_path):
+    overrides = ["steps=4", "val_every=2", "val_samples=6", "val_episodes=[1]", "val_action_error=true"]
+    result = train(config_for(toy_dataset, overrides=overrides), tmp_path / "run", progress=False)
+    rows = metrics(tmp_path / "run")
+    validated = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in validated] == [2, 4]
+    assert all(np.isfinite(r["val_loss"]) and r["val_action_mse"] > 0 for r in validated)
+    loaded = load_pretrained(result.checkpoint)
+    assert loaded.metadata["val_episodes"] == {"toy": [1]}
+    # statistics come from the training episodes only
+    from vlaflow.data.lerobot import LeRobotDataset
+
+    train_frames = LeRobotDataset(toy_dataset, episodes=[0, 2], image_keys=[])
+    state_mean = train_frames.column("observation.state").astype(np.float64).mean(0)
+    assert np.allclose(loaded.metadata["norm_stats"]["toy"]["state"]["mean"], state_mean)
+
+
+def test_validation_loss_is_the_masked_loss_of_the_held_out_frames(toy_dataset, tmp_path):
+    """The logged number is an independent recomputation's: same frames, no augmentation."""
+    overrides = ["steps=1", "val_every=1", "val_samples=100", "val_episodes=[2]", "optim.peak_lr=0"]
+    overrides += ["optim.warmup_steps=0", "optim.end_lr=0"]
+    train(config_for(toy_dataset, overrides=overrides), tmp_path / "run", progress=False)
+    (row,) = metrics(tmp_path / "run")
+    torch.manual_seed(0)
+    model = VLA(load_pretrained(tmp_path / "run" / "checkpoints" / "step_00000001").model.config)
+    stats = load_pretrained(tmp_path / "run" / "checkpoints" / "step_00000001").metadata["norm_stats"]
+    from vlaflow.data.pipeline import SourceStats
+    from vlaflow.training.trainer import VALIDATION_IDS
+
+    source = Source(
+        SourceConfig(str(toy_dataset)),
+        model.config,
+        normalization="quantile",
+        stats=SourceStats.from_dict(stats["toy"]),
+        episodes=[2],
+    )
+    samples = TrainingSamples([source], EmbeddedTokenizer(), augment=False, seed=0)
+    batch = collate([samples[SampleKey(VALIDATION_IDS + i, 0, i)] for i in range(len(source))])
+    noise, t = flow_inputs(batch.ids, model.config.action_horizon, model.config.action_dim, seed=0)
+    with torch.no_grad():
+        per_element = model.compute_loss(batch.observation, batch.actions, noise, t)
+    expected = ((per_element * batch.action_mask).sum() / batch.action_mask.sum()).item()
+    assert row["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_val_fraction_split_is_seeded_and_refuses_bad_requests(toy_dataset, tmp_path):
+    from vlaflow.training.trainer import held_out_episodes
+
+    def split(*overrides):
+        return held_out_episodes(config_for(toy_dataset, overrides=list(overrides)))
+
+    assert split("val_fraction=0.3") == split("val_fraction=0.3")
+    assert len(split("val_fraction=0.3")["toy"]) == 1
+    assert split() == {}
+    with pytest.raises(ValueError, match="val_episodes names datasets"):
+        split('val_episodes={"other": [1]}')
+    with pytest.raises(ValueError, match=r"episodes \[7\] are not in"):
+        train(config_for(toy_dataset, overrides=["steps=1", "val_episodes=[7]"]), tmp_path / "x")
+    with pytest.raises(ValueError, match="every episode is held out"):
+        train(config_for(toy_dataset, overrides=["steps=1", "val_episodes=[0,1,2]"]), tmp_path / "y")
+
+
+def test_the_runtime_pins_its_thread_count():
+    from vlaflow.training.distributed import init_runtime
+
+    before = torch.get_num_threads()
+    assert init_runtime("cpu").threads == before == torch.get_num_threads()

@@ -133,7 +133,10 @@ class Source:
         *,
         normalization: Mode,
         stats: SourceStats | None = None,
+        episodes: Sequence[int] | None = None,
     ):
+        """`episodes`: only these episode indices (default: all); statistics, when not given, are
+        computed from them."""
         self.config, self.model = config, model
         probe = LeRobotDataset(
             config.path, state_key=config.state_key, action_key=config.action_key, image_keys=[]
@@ -141,6 +144,7 @@ class Source:
         self.cameras = resolve_cameras(config.cameras, probe.meta.camera_keys, model.image_keys)
         self.dataset = LeRobotDataset(
             config.path,
+            episodes=episodes,
             action_horizon=model.action_horizon,
             state_key=config.state_key,
             action_key=config.action_key,

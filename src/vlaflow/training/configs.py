@@ -11,52 +11,81 @@ Named configs (`vlaflow train --config NAME`):
   and the action expert (rank 32), as the reference's low-memory fine-tuning configs.
 
 Overrides are dotted paths with JSON values (bare words are strings): `batch_size=8`,
-`optim.peak_lr=1e-4`, `model_overrides.action_horizon=10`, `freeze=["vision"]`.
+`optim.peak_lr=1e-4`, `model_overrides.action_horizon=10`, `freeze=["vision"]`. Every value is
+checked against its setting's type (and model overrides against the model config's fields), so a
+mistake is a one-line error naming the setting and the expected type, never a failure deep inside
+training. `describe(config)` lists every setting with its value, its default and what it does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlaflow.data.pipeline import SourceConfig
+from vlaflow.models import VLAConfig
 from vlaflow.training.optim import OptimConfig
+
+
+def _setting(default: Any, help: str) -> Any:
+    """A dataclass field with a one-line description (for `--print-config`)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    model: str = "pi05_tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    init: str | None = None
-    tokenizer: str | None = None
-    datasets: list[SourceConfig] = field(default_factory=list)
-    batch_size: int = 32
-    steps: int = 2_000
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    precision: str = "float32"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    freeze: list[str] = field(default_factory=list)
-    lora: dict[str, int] = field(default_factory=dict)
-    normalization: str | None = None
-    loss_reduction: str = "masked"
-    augment: bool = True
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep_last: int = 3
-    num_workers: int = 2
-    mixture_exponent: float = 0.43
-    cameras: dict[str, str] | None = None
-    delta_action_mask: list[bool] | None = None
-    prompt: str | None = None
-    distributed: str = "ddp"
-    device: str | None = None
-    wandb_project: str | None = None
+    model: str = _setting("pi05_tiny", "model preset to build when no init checkpoint is given")
+    model_overrides: dict[str, Any] = _setting(
+        {}, "fields of the model config to replace, e.g. action_horizon"
+    )
+    init: str | None = _setting(None, "vlaflow model directory to start from (e.g. converted openpi weights)")
+    tokenizer: str | None = _setting(
+        None, "PaliGemma tokenizer.model (full-size models; tiny ones embed theirs)"
+    )
+    datasets: list[SourceConfig] = _setting([], "LeRobot datasets (--dataset DIR, repeat to mix)")
+    batch_size: int = _setting(32, "global batch size (split across processes)")
+    steps: int = _setting(2_000, "optimizer steps of the whole run")
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and schedule"})
+    precision: str = _setting("float32", "float32, or bfloat16 autocast over float32 master weights")
+    gradient_checkpointing: bool = _setting(False, "recompute activations in the backward pass (less memory)")
+    compile: bool = _setting(False, "torch.compile the training step")
+    freeze: list[str] = _setting([], "model parts not trained: vision, vlm, expert")
+    lora: dict[str, int] = _setting({}, 'LoRA rank per model part, e.g. {"vlm": 16}')
+    normalization: str | None = _setting(
+        None, "zscore, quantile or none (default: quantile for pi0.5, zscore for pi0)"
+    )
+    loss_reduction: str = _setting("masked", "masked: mean over real action elements; reference: over all")
+    augment: bool = _setting(True, "the reference's image augmentation (crop, rotate, colour jitter)")
+    seed: int = _setting(0, "seed of the initialization, the data order and every sample's randomness")
+    log_every: int = _setting(10, "steps between rows of metrics.jsonl")
+    save_every: int = _setting(500, "steps between checkpoints")
+    keep_last: int = _setting(3, "checkpoints kept (older ones are deleted)")
+    num_workers: int = _setting(2, "data loader processes (0: load in the training process)")
+    mixture_exponent: float = _setting(0.43, "a source's default weight is its frames ** this")
+    cameras: dict[str, str] | None = _setting(None, "model image slot -> dataset camera (default: in order)")
+    delta_action_mask: list[bool] | None = _setting(None, "action dims trained relative to the state")
+    prompt: str | None = _setting(None, "prompt for every frame instead of the dataset's tasks")
+    val_fraction: float = _setting(0.0, "fraction of each dataset's episodes held out for validation")
+    val_episodes: list[int] | dict[str, list[int]] | None = _setting(
+        None, "held-out episode indices: a list (one dataset) or {dataset name: [...]}"
+    )
+    val_every: int = _setting(500, "steps between validation losses on the held-out episodes")
+    val_samples: int = _setting(64, "held-out frames in each validation (a fixed, evenly spaced set)")
+    val_action_error: bool = _setting(False, "also sample chunks on held-out frames: normalized action MSE")
+    distributed: str = _setting("ddp", "ddp or fsdp (under torchrun)")
+    device: str | None = _setting(None, "cpu, cuda, ... (default: cuda when available)")
+    wandb_project: str | None = _setting(None, "log to this Weights & Biases project")
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
         choices = {
             "precision": ("float32", "bfloat16"),
             "loss_reduction": ("masked", "reference"),
@@ -66,24 +95,90 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        for name in ("batch_size", "steps", "log_every", "save_every"):
+        for name in ("batch_size", "steps", "log_every", "save_every", "val_every", "val_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.keep_last < 0:
+            raise ValueError("num_workers and keep_last must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction and self.val_episodes is not None:
+            raise ValueError("give val_fraction or val_episodes, not both")
+        model_fields = typing.get_type_hints(VLAConfig)
+        for key, value in self.model_overrides.items():
+            if key not in model_fields:
+                raise ValueError(f"model_overrides.{key}: not a model setting; known: {sorted(model_fields)}")
+            self.model_overrides[key] = _coerce(value, model_fields[key], f"model_overrides.{key}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        data["optim"] = OptimConfig(**data.get("optim", {}))
-        data["datasets"] = [SourceConfig(**_tuple_mask(d)) for d in data.get("datasets", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {sorted(known)}")
         return cls(**data)
 
 
-def _tuple_mask(d: dict[str, Any]) -> dict[str, Any]:
-    mask = d.get("delta_action_mask")
-    return {**d, "delta_action_mask": tuple(mask) if mask is not None else None}
+def _type_name(hint: Any) -> str:
+    if hint is Any:
+        return "any value"
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(
+            hint.__name__, hint.__name__
+        )
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"a JSON list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return f"a JSON object of {_type_name(args[1]).removeprefix('an ').removeprefix('a ')}s"
+    return str(hint)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` (e.g. parsed JSON) as the type `hint`, or a ValueError naming `where` and the type."""
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a JSON object of {hint.__name__} settings, got {value!r}")
+        hints = typing.get_type_hints(hint)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(hints)}")
+        return hint(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if origin in (list, tuple) and isinstance(value, list | tuple):
+        items = [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict and isinstance(value, dict):
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if hint is type(None) and value is None:
+        return None
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r}")
 
 
 def _tiny(model: str) -> TrainConfig:
@@ -124,10 +219,13 @@ def named_config(name: str) -> TrainConfig:
     return CONFIGS[name]()
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
+    """JSON, or a bare word as a string; text that starts like JSON must be valid JSON."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as err:
+        if text.strip()[:1] in ("[", "{", '"'):
+            raise ValueError(f"{key}={text}: not valid JSON ({err.msg} at character {err.pos})") from None
         return text
 
 
@@ -147,5 +245,27 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if path[0] not in data or (len(path) > 1 and path[0] == "optim" and path[-1] not in target):
             known = sorted(data) if len(path) == 1 else sorted(target)
             raise ValueError(f"override {item!r}: unknown setting {key!r}; known: {known}")
-        target[path[-1]] = _parse_value(text)
+        target[path[-1]] = _parse_value(key, text)
     return TrainConfig.from_dict(data)
+
+
+def describe(config: TrainConfig, defaults: TrainConfig | None = None) -> str:
+    """Every setting as `name = value  # what it does (default: ...)`, one per line."""
+    defaults = defaults or TrainConfig()
+    lines = []
+
+    def add(name: str, value: Any, default: Any, help: str) -> None:
+        shown = json.dumps(value)
+        changed = "" if value == default else f" (default: {json.dumps(default)})"
+        lines.append(f"{name} = {shown}  # {help}{changed}")
+
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), getattr(defaults, f.name)
+        if f.name == "optim":
+            for g in dataclasses.fields(value):
+                add(f"optim.{g.name}", getattr(value, g.name), getattr(default, g.name), g.metadata["help"])
+        elif f.name == "datasets":
+            add(f.name, [d.path for d in value], [d.path for d in default], f.metadata["help"])
+        else:
+            add(f.name, value, default, f.metadata["help"])
+    return "\n".join(lines)

@@ -35,6 +35,7 @@ class Runtime:
     rank: int
     world: int
     device: torch.device
+    threads: int
 
     @property
     def main(self) -> bool:
@@ -51,7 +52,24 @@ def init_runtime(device: str | None = None) -> Runtime:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(rank=dist.get_rank() if world > 1 else 0, world=world, device=dev)
+    return Runtime(
+        rank=dist.get_rank() if world > 1 else 0, world=world, device=dev, threads=pin_compute_threads()
+    )
+
+
+def pin_compute_threads() -> int:
+    """Set this process's intra-op thread count explicitly, to the count it already has.
+
+    Until `torch.set_num_threads` is called, MKL runs with dynamic threading: it may use fewer
+    threads than asked (e.g. one per physical core on a machine whose CPUs are hyper-threads), and
+    a matrix product split over another number of threads sums in another order. The explicit call
+    turns that off and fixes MKL's, OpenMP's and oneDNN's count. Without it, a training step's
+    numbers depended on whether data loading had called `set_num_threads` in the main process
+    (num_workers=0 does, per sample) or not (worker processes): weights drifted apart by an ulp.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def shut_down(runtime: Runtime) -> None:

@@ -9,25 +9,30 @@ includes the warmup), EMA 0.99.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
+def _setting(default: float | int | None, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    peak_lr: float = 2.5e-5
-    end_lr: float = 2.5e-6
-    warmup_steps: int = 1_000
-    decay_steps: int | None = 30_000  # None: the run's length
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 1e-10
-    clip_norm: float = 1.0
-    ema_decay: float | None = 0.99
+    peak_lr: float = _setting(2.5e-5, "learning rate after warmup")
+    end_lr: float = _setting(2.5e-6, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _setting(1_000, "linear warmup steps")
+    decay_steps: int | None = _setting(30_000, "step where the cosine reaches end_lr (null: the run's end)")
+    b1: float = _setting(0.9, "AdamW beta1")
+    b2: float = _setting(0.95, "AdamW beta2")
+    eps: float = _setting(1e-8, "AdamW epsilon")
+    weight_decay: float = _setting(1e-10, "AdamW decoupled weight decay")
+    clip_norm: float = _setting(1.0, "global gradient-norm clip")
+    ema_decay: float | None = _setting(0.99, "EMA of the weights exported with checkpoints (null: none)")
 
 
 def learning_rate(step: int, c: OptimConfig, total_steps: int) -> float:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vlaflow.data.lerobot import LeRobotMeta
 from vlaflow.data.pipeline import (
     Batch,
     Source,
@@ -35,7 +36,7 @@ from vlaflow.data.pipeline import (
     collate,
     save_stats,
 )
-from vlaflow.data.sampling import StepSampler, mixture_weights
+from vlaflow.data.sampling import SampleKey, StepSampler, mixture_weights
 from vlaflow.models import VLA, VLAConfig, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.pretrained import load_pretrained
@@ -57,6 +58,9 @@ from vlaflow.training.optim import EMA, build_optimizer, learning_rate
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+# Validation samples are numbered from here, far past any training sample, so their flow noise and
+# time (derived from the number) never coincide with a training sample's.
+VALIDATION_IDS = 2**40
 
 
 @dataclass
@@ -150,13 +154,33 @@ class Trainer:
         self.tokenizer = _tokenizer(config, model_config, pretrained.tokenizer if pretrained else None)
         self.normalization = config.normalization or ("quantile" if model_config.pi05 else "zscore")
         saved_stats = self.state["config"]["metadata"]["norm_stats"] if self.state else {}
-        self.sources = []
+        names = [Path(d.path).name for d in config.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError("datasets must have distinct directory names (they name the statistics)")
+        self.held_out = held_out_episodes(config)
+        self.sources, self.val_sources = [], []
         for source_config in config.datasets:
             sc = self._with_overrides(source_config)
             stats = SourceStats.from_dict(saved_stats[sc.name]) if sc.name in saved_stats else None
-            self.sources.append(Source(sc, model_config, normalization=self.normalization, stats=stats))
-        if len({s.config.name for s in self.sources}) != len(self.sources):
-            raise ValueError("datasets must have distinct directory names (they name the statistics)")
+            held_out = self.held_out.get(sc.name, [])
+            kept = None
+            if held_out:
+                kept = [e for e in LeRobotMeta(sc.path).episode_indices if e not in held_out]
+                if not kept:
+                    raise ValueError(f"{sc.path}: every episode is held out for validation")
+            source = Source(sc, model_config, normalization=self.normalization, stats=stats, episodes=kept)
+            self.sources.append(source)
+            if held_out:  # normalized with the training episodes' statistics
+                self.val_sources.append(
+                    Source(
+                        sc,
+                        model_config,
+                        normalization=self.normalization,
+                        stats=source.stats,
+                        episodes=held_out,
+                    )
+                )
+        self._val_batches: list[Batch] | None = None
 
         torch.manual_seed(config.seed)
         model = VLA(model_config)
@@ -180,6 +204,15 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load(self.state["ema"])
         self.step_module: nn.Module = torch.compile(self.module) if config.compile else self.module
+        if self.state is not None:
+            trained_with = self.state["trainer_state"].get("threads")
+            if trained_with is not None and trained_with != runtime.threads:
+                log.warning(
+                    "the run trained with %d compute threads and resumes with %d: the continuation "
+                    "matches an uninterrupted run only to rounding",
+                    trained_with,
+                    runtime.threads,
+                )
 
     def _with_overrides(self, source: SourceConfig) -> SourceConfig:
         c = self.config
@@ -227,10 +260,7 @@ class Trainer:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
             per_element = self.step_module(batch.observation, batch.actions, noise.to(device), t.to(device))
-        if c.loss_reduction == "masked":
-            mask = batch.action_mask
-        else:
-            mask = batch.has_actions[:, None, None].expand_as(per_element)
+        mask = self._loss_mask(batch, per_element)
         total = (per_element.float() * mask).sum()
         count = all_reduce_sum(mask.sum().float(), self.runtime).clamp(min=1.0)
         (total * self.runtime.world / count).backward()
@@ -241,6 +271,56 @@ class Trainer:
             self.ema.update(self.params)
         loss = all_reduce_sum(total.detach(), self.runtime) / count
         return loss.item(), float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def _validation_batches(self) -> list[Batch]:
+        """A fixed set of held-out frames (evenly spaced in each held-out source), no augmentation,
+        built once: every validation sees the same frames, noise and times."""
+        if self._val_batches is None:
+            keys, n = [], VALIDATION_IDS
+            per_source = max(1, self.config.val_samples // len(self.val_sources))
+            for i, source in enumerate(self.val_sources):
+                for frame in np.unique(np.linspace(0, len(source) - 1, per_source).round().astype(int)):
+                    keys.append(SampleKey(n, i, int(frame)))
+                    n += 1
+            samples = TrainingSamples(self.val_sources, self.tokenizer, augment=False, seed=self.config.seed)
+            size = self.config.batch_size
+            self._val_batches = [
+                collate([samples[k] for k in keys[i : i + size]]) for i in range(0, len(keys), size)
+            ]
+        return self._val_batches
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Flow loss on the held-out frames (reduced as in training), and optionally the normalized
+        MSE of sampled action chunks against the demonstrations (open loop)."""
+        c, device, m = self.config, self.runtime.device, self.model_config
+        loss_sum = loss_count = action_sum = action_count = 0.0
+        for batch in self._validation_batches():
+            batch = batch.to(device)
+            noise, t = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed)
+            noise, t = noise.to(device), t.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+                per_element = self.model(batch.observation, batch.actions, noise, t).float()
+                sampled = (
+                    self.model.sample_actions(batch.observation, noise=noise) if c.val_action_error else None
+                )
+            mask = self._loss_mask(batch, per_element)
+            loss_sum += float((per_element * mask).sum())
+            loss_count += float(mask.sum())
+            if sampled is not None:
+                action_sum += float(((sampled.float() - batch.actions) ** 2 * batch.action_mask).sum())
+                action_count += float(batch.action_mask.sum())
+        row = {"val_loss": loss_sum / max(loss_count, 1.0)}
+        if c.val_action_error:
+            row["val_action_mse"] = action_sum / max(action_count, 1.0)
+        return row
+
+    def _loss_mask(self, batch: Batch, per_element: Tensor) -> Tensor:
+        if self.config.loss_reduction == "masked":
+            return batch.action_mask
+        return batch.has_actions[:, None, None].expand_as(per_element)
 
     # ---- checkpoints and logs ---------------------------------------------------------------
 
@@ -262,7 +342,11 @@ class Trainer:
                 ema=ema,
                 optimizer=optimizer,
                 config=self._checkpoint_config(step),
-                trainer_state={"seed": self.config.seed, "samples_seen": step * self.config.batch_size},
+                trainer_state={
+                    "seed": self.config.seed,
+                    "samples_seen": step * self.config.batch_size,
+                    "threads": self.runtime.threads,
+                },
                 keep_last=self.config.keep_last,
             )
         if self.runtime.world > 1:
@@ -278,6 +362,7 @@ class Trainer:
                 "train_config": self.config.to_dict(),
                 "normalization": self.normalization,
                 "norm_stats": {s.config.name: s.stats.to_dict() for s in self.sources},
+                "val_episodes": self.held_out,
             },
         }
 
@@ -300,6 +385,11 @@ class Trainer:
         bar = tqdm(
             total=c.steps, initial=self.start, disable=not (main and self.progress), desc="train", unit="step"
         )
+        if main and self.progress and self.start:
+            tqdm.write(f"resuming from step {self.start} ({latest_checkpoint(self.output)})")
+        if main and self.progress and self.held_out:
+            held = ", ".join(f"{name}: {len(eps)} episodes" for name, eps in self.held_out.items())
+            tqdm.write(f"validation every {c.val_every} steps on held-out episodes ({held})")
         losses: list[tuple[int, float]] = []
         last_checkpoint = None
         tick, done_since_log = time.perf_counter(), 0
@@ -313,7 +403,8 @@ class Trainer:
                 loss=f"{loss:.4f}", lr=f"{learning_rate(step, c.optim, c.steps):.2e}", refresh=False
             )
             bar.update(1)
-            if number % c.log_every == 0 or number == c.steps:
+            validate = bool(self.val_sources) and (number % c.val_every == 0 or number == c.steps)
+            if number % c.log_every == 0 or number == c.steps or validate:
                 elapsed = time.perf_counter() - tick
                 row = {
                     "step": number,
@@ -322,6 +413,9 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "samples_per_s": done_since_log * c.batch_size / max(elapsed, 1e-9),
                 }
+                if validate:
+                    row.update(self._validate())
+                    bar.set_postfix(loss=f"{loss:.4f}", val=f"{row['val_loss']:.4f}", refresh=False)
                 if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
@@ -367,6 +461,7 @@ def _tensorboard(output: Path) -> Any:
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
+    """Training loss (and validation losses, where logged) and the learning rate over steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,10 +471,45 @@ def plot_losses(metrics: Path, out: Path) -> None:
     if not rows:
         return
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax_loss.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="training loss")
+    ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train (batch)")
+    for key, label in (("val_loss", "validation"), ("val_action_mse", "validation action MSE (sampled)")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    ax_loss.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="loss")
+    ax_loss.legend()
     ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def held_out_episodes(config: TrainConfig) -> dict[str, list[int]]:
+    """Dataset name -> episode indices held out for validation (none: empty): `val_episodes` as
+    given, or `val_fraction` of each dataset's episodes drawn with the run's seed."""
+    names = [Path(d.path).name for d in config.datasets]
+    if config.val_episodes is not None:
+        chosen = config.val_episodes
+        if isinstance(chosen, list):
+            if len(names) != 1:
+                raise ValueError(
+                    f"val_episodes as a list needs exactly one dataset (got {names}); give "
+                    '{"dataset name": [episodes]} instead'
+                )
+            chosen = {names[0]: chosen}
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise ValueError(f"val_episodes names datasets {unknown}; the datasets are {names}")
+        return {name: sorted(set(episodes)) for name, episodes in chosen.items() if episodes}
+    if not config.val_fraction:
+        return {}
+    held_out = {}
+    for i, (name, source) in enumerate(zip(names, config.datasets, strict=True)):
+        episodes = LeRobotMeta(source.path).episode_indices
+        if len(episodes) < 2:
+            raise ValueError(f"{source.path}: val_fraction needs at least 2 episodes, it has {len(episodes)}")
+        count = min(len(episodes) - 1, max(1, round(config.val_fraction * len(episodes))))
+        rng = np.random.default_rng([config.seed, i, 3])
+        held_out[name] = sorted(int(e) for e in rng.choice(episodes, size=count, replace=False))
+    return held_out

@@ -112,6 +112,11 @@ class LeRobotMeta:
     def video_keys(self) -> list[str]:
         return [k for k, ft in self.features.items() if ft["dtype"] == "video"]
 
+    @property
+    def episode_indices(self) -> list[int]:
+        """Every episode's episode_index, in dataset order."""
+        return [ep["episode_index"] for ep in self.episodes]
+
     def position(self, episode_index: int) -> int:
         """Where an episode is in `episodes`, by its episode_index."""
         if episode_index not in self._position:
