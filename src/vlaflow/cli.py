@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from vlaflow.inference.example import load_model, run_example
+    from vlaflow.inference.example import load_model, run_example, run_policy_example
+    from vlaflow.inference.policy import Policy
+    from vlaflow.pretrained import read_config
 
-    model, tokenizer = load_model(
-        checkpoint=args.checkpoint, preset_name=args.preset, tokenizer_path=args.tokenizer, seed=args.seed
+    trained = args.checkpoint is not None and read_config(args.checkpoint).get("metadata", {}).get(
+        "norm_stats"
     )
+    if trained:
+        policy = Policy.load(args.checkpoint, num_steps=args.steps, seed=args.seed)
+        model = policy.model
+    else:
+        model, tokenizer = load_model(
+            checkpoint=args.checkpoint, preset_name=args.preset, tokenizer_path=args.tokenizer, seed=args.seed
+        )
     c = model.config
     source = args.checkpoint or f"preset {args.preset} (random weights)"
     millions = sum(p.numel() for p in model.parameters()) / 1e6
@@ -22,15 +32,21 @@ def _infer(args: argparse.Namespace) -> int:
     print(
         f"       {len(c.image_keys)} cameras at {c.vision.image_size} px, action horizon {c.action_horizon}"
     )
-    result = run_example(
-        model, tokenizer, prompt=args.prompt, batch_size=args.batch_size, steps=args.steps, seed=args.seed
-    )
-    first = result.actions[0, 0, :7]
+    if trained:
+        result = run_policy_example(policy, prompt=args.prompt, batch_size=args.batch_size, seed=args.seed)
+        units = f"the robot's {policy.action_dim} action dims, its units"
+    else:
+        result = run_example(
+            model, tokenizer, prompt=args.prompt, batch_size=args.batch_size, steps=args.steps, seed=args.seed
+        )
+        units = f"normalized, padded to action_dim {c.action_dim}: no robot statistics in this model"
     print(f"prompt: {args.prompt!r} -> {result.prompt_tokens} tokens")
     print(
-        f"actions: shape {result.actions.shape} in {result.seconds * 1e3:.0f} ms ({args.steps} Euler steps)"
+        f"actions: shape {result.actions.shape} ({units}) in {result.seconds * 1e3:.0f} ms "
+        f"({args.steps} Euler steps)"
     )
-    print("first action (first 7 dims): " + " ".join(f"{v:+.3f}" for v in first))
+    first = result.actions[0, 0, : min(7, result.actions.shape[-1])]
+    print(f"first action (first {len(first)} dims): " + " ".join(f"{v:+.3f}" for v in first))
     return 0
 
 
@@ -118,15 +134,21 @@ def _fast_fit(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from vlaflow.data.pipeline import SourceConfig
-    from vlaflow.training.configs import apply_overrides, named_config
+    from vlaflow.training.configs import apply_overrides, describe, named_config
     from vlaflow.training.trainer import train
 
     config = None
-    if args.config or not args.resume:
+    if args.config or not args.resume or args.print_config:
         config = named_config(args.config or "pi05_tiny")
         overrides = list(args.overrides) + ([f"save_every={args.save_every}"] if args.save_every else [])
+        overrides += [f"steps={args.steps}"] if args.steps and not args.resume else []
         config = apply_overrides(config, overrides)
         config.datasets = [SourceConfig(str(d)) for d in args.dataset]
+    if args.print_config:
+        print(describe(config, named_config(args.config or "pi05_tiny")))
+        return 0
+    if args.output is None:
+        raise ValueError("--output DIR is required (where checkpoints and metrics go)")
     result = train(config, args.output, resume=args.resume, steps=args.steps)
     if result.losses:
         step, loss = result.losses[-1]
@@ -196,8 +218,10 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         videos=args.videos_per_task,
         steps_per_chunk=args.steps_per_chunk,
-        cameras=_cameras(args, "scene,wrist"),
+        cameras=_cameras(args, "") or None,
     )
+    settings = results["settings"]
+    print(f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}")
     print(f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}")
     for name, r in {**results["families"], "overall": results["overall"]}.items():
         cells = [
@@ -226,10 +250,15 @@ def _eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         resolution=args.resolution,
+        cameras=_cameras(args, "") or None,
         videos_per_task=args.videos_per_task,
     )
+    settings = results["settings"]
+    print(f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}")
+    for task, r in results["tasks"].items():
+        print(f"{task:>32}: {100 * r['success_rate']:5.1f}%  ({r['successes']}/{r['episodes']})")
     for name, r in {**results["groups"], "overall": results["overall"]}.items():
-        print(f"{name:>10}: {100 * r['success_rate']:5.1f}%  ({r['tasks']} tasks, {r['episodes']} episodes)")
+        print(f"{name:>32}: {100 * r['success_rate']:5.1f}%  ({r['tasks']} tasks, {r['episodes']} episodes)")
     print(f"results, chart and videos in {args.output}")
     return 0
 
@@ -291,153 +320,180 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (omitted where there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _command(commands: argparse._SubParsersAction, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaflow", description="pi0 / pi0.5 vision-language-action models")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    infer = commands.add_parser(
-        "infer", help="one inference on a synthetic observation (tiny random model by default)"
+    infer = _command(
+        commands, "infer", "one inference on a synthetic observation (tiny random model by default)"
     )
     infer.add_argument("--preset", default="pi05_tiny", help="model preset when no --checkpoint is given")
     infer.add_argument("--checkpoint", type=Path, help="a vlaflow model directory")
     infer.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model (for full-size models)")
-    infer.add_argument("--prompt", default="pick up the red block and put it in the bowl")
-    infer.add_argument("--batch-size", type=int, default=1)
-    infer.add_argument("--steps", type=int, default=10)
-    infer.add_argument("--seed", type=int, default=0)
+    infer.add_argument("--prompt", default="pick up the red block and put it in the bowl", help="task prompt")
+    infer.add_argument("--batch-size", type=int, default=1, help="observations in the batch")
+    infer.add_argument("--steps", type=int, default=10, help="Euler steps of the flow")
+    infer.add_argument("--seed", type=int, default=0, help="seed of the weights (preset), images and noise")
     infer.set_defaults(run=_infer)
 
-    convert = commands.add_parser(
-        "convert", help="openpi / LeRobot model.safetensors -> vlaflow model directory"
-    )
+    convert = _command(commands, "convert", "openpi / LeRobot model.safetensors -> vlaflow model directory")
     convert.add_argument("checkpoint", type=Path, help="model.safetensors or a directory holding one")
-    convert.add_argument("--output", type=Path, required=True)
+    convert.add_argument("--output", type=Path, required=True, help="model directory to write")
     variant = convert.add_mutually_exclusive_group(required=True)
-    variant.add_argument("--pi05", dest="pi05", action="store_true")
-    variant.add_argument("--pi0", dest="pi05", action="store_false")
-    convert.add_argument("--paligemma-variant", default="gemma_2b")
-    convert.add_argument("--action-expert-variant", default="gemma_300m")
-    convert.add_argument("--action-horizon", type=int, default=50)
-    convert.add_argument("--action-dim", type=int, default=32)
-    convert.add_argument("--max-token-len", type=int, help="default: 48 (pi0) / 200 (pi0.5)")
-    convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    variant.add_argument("--pi05", dest="pi05", action="store_true", help="a pi0.5 checkpoint")
+    variant.add_argument("--pi0", dest="pi05", action="store_false", help="a pi0 checkpoint")
+    convert.add_argument("--paligemma-variant", default="gemma_2b", help="VLM size: gemma_2b or dummy")
+    convert.add_argument("--action-expert-variant", default="gemma_300m", help="expert: gemma_300m or dummy")
+    convert.add_argument("--action-horizon", type=int, default=50, help="actions per chunk")
+    convert.add_argument("--action-dim", type=int, default=32, help="padded state/action width")
+    convert.add_argument("--max-token-len", type=int, help="prompt tokens (default: 48 pi0 / 200 pi0.5)")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
     convert.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model to record with the model")
     convert.set_defaults(run=_convert)
 
-    stats = commands.add_parser(
-        "stats", help="normalization statistics of a LeRobot dataset's state and actions"
-    )
-    stats.add_argument("dataset", type=Path)
+    stats = _command(commands, "stats", "normalization statistics of a LeRobot dataset's state and actions")
+    stats.add_argument("dataset", type=Path, help="a LeRobot dataset directory")
     stats.add_argument("--action-horizon", type=int, default=50, help="chunk length pooled for action stats")
-    stats.add_argument("--state-key", default="observation.state")
-    stats.add_argument("--action-key", default="action")
+    stats.add_argument("--state-key", default="observation.state", help="state feature")
+    stats.add_argument("--action-key", default="action", help="action feature")
     stats.add_argument("--delta-action-mask", help="comma-separated 0/1 per action dim, e.g. 1,1,1,1,1,1,0")
     stats.add_argument("--output", type=Path, help="JSON file (default: DATASET/norm_stats.json)")
     stats.set_defaults(run=_stats)
 
-    fast = commands.add_parser("fast", help="FAST action tokenizers (DCT + BPE) for discrete action tokens")
+    fast = _command(commands, "fast", "FAST action tokenizers (DCT + BPE) for discrete action tokens")
     fast_commands = fast.add_subparsers(dest="fast_command", required=True)
-    fast_fit = fast_commands.add_parser(
-        "fit", help="fit on LeRobot datasets' normalized action chunks; measure on held-out episodes"
+    fast_fit = _command(
+        fast_commands,
+        "fit",
+        "fit on LeRobot datasets' normalized action chunks; measure on held-out episodes",
     )
-    fast_fit.add_argument("datasets", type=Path, nargs="+", metavar="DATASET")
+    fast_fit.add_argument("datasets", type=Path, nargs="+", metavar="DATASET", help="LeRobot datasets")
     fast_fit.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
-    fast_fit.add_argument("--vocab-size", type=int, default=1024)
+    fast_fit.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
     fast_fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficients x scale, rounded")
     fast_fit.add_argument("--action-horizon", type=int, default=50, help="chunk length H")
-    fast_fit.add_argument("--normalization", choices=["quantile", "zscore"], default="quantile")
+    fast_fit.add_argument(
+        "--normalization", choices=["quantile", "zscore"], default="quantile", help="action normalization"
+    )
     fast_fit.add_argument("--holdout-fraction", type=float, default=0.1, help="episodes held out per dataset")
     fast_fit.add_argument("--seed", type=int, default=0, help="which episodes are held out")
     fast_fit.set_defaults(run=_fast_fit)
 
-    generate = commands.add_parser(
-        "generate", help="demonstration datasets from scripted experts (LeRobot v3.0)"
-    )
-    generate.add_argument("benchmark", choices=["metaworld", "tabletop"])
+    generate = _command(commands, "generate", "demonstration datasets from scripted experts (LeRobot v3.0)")
+    generate.add_argument("benchmark", choices=["metaworld", "tabletop"], help="which simulator")
     generate.add_argument("--tasks", default="mt10", help="mt50, mt10, easy/medium/hard/very_hard, or names")
-    generate.add_argument("--episodes-per-task", type=int, default=50)
+    generate.add_argument("--episodes-per-task", type=int, default=50, help="Meta-World: episodes per task")
     generate.add_argument("--episodes", type=int, default=100, help="tabletop: task episodes in all")
     generate.add_argument("--split", choices=["train", "ood"], default="train", help="tabletop scenes")
-    generate.add_argument("--output", type=Path, required=True)
+    generate.add_argument("--output", type=Path, required=True, help="dataset directory to write")
     generate.add_argument(
         "--cameras", help="comma-separated cameras (default: corner2 / tabletop: scene,wrist)"
     )
-    generate.add_argument("--resolution", type=int, default=224)
+    generate.add_argument("--resolution", type=int, default=224, help="camera images are N x N pixels")
     generate.add_argument("--workers", type=int, help="parallel simulator processes (default: all CPUs)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="episode seeds start here")
     generate.set_defaults(run=_generate)
 
-    evaluate = commands.add_parser(
-        "eval", help="success rates of a policy in simulation, with a chart and videos"
-    )
-    evaluate.add_argument("benchmark", choices=["metaworld", "tabletop"])
+    evaluate = _command(commands, "eval", "success rates of a policy in simulation, with a chart and videos")
+    evaluate.add_argument("benchmark", choices=["metaworld", "tabletop"], help="which simulator")
     evaluate.add_argument("--checkpoint", type=Path, help="a trained model directory")
     evaluate.add_argument("--policy", choices=["expert"], help="run the scripted experts instead")
-    evaluate.add_argument("--tasks", default="mt10")
-    evaluate.add_argument("--episodes-per-task", type=int, default=10)
+    evaluate.add_argument("--tasks", default="mt10", help="Meta-World: mt50, mt10, a difficulty, or names")
+    evaluate.add_argument("--episodes-per-task", type=int, default=10, help="Meta-World: episodes per task")
     evaluate.add_argument("--split", choices=["train", "ood"], default="ood", help="tabletop scenes")
     evaluate.add_argument("--episodes", type=int, default=20, help="tabletop: episodes per task family")
     evaluate.add_argument("--families", help="tabletop: comma-separated task families (default: all)")
-    evaluate.add_argument("--cameras", help="tabletop: comma-separated cameras (default: scene,wrist)")
-    evaluate.add_argument("--output", type=Path, required=True)
+    evaluate.add_argument(
+        "--cameras", help="comma-separated cameras (default: the checkpoint's training cameras)"
+    )
+    evaluate.add_argument("--output", type=Path, required=True, help="results directory to write")
     evaluate.add_argument("--steps-per-chunk", type=int, default=5, help="actions executed per inference")
-    evaluate.add_argument("--workers", type=int)
-    evaluate.add_argument("--seed", type=int, default=1_000_000)
-    evaluate.add_argument("--resolution", type=int, default=224)
-    evaluate.add_argument("--videos-per-task", type=int, default=2)
+    evaluate.add_argument("--workers", type=int, help="parallel simulator processes (default: all CPUs)")
+    evaluate.add_argument("--seed", type=int, default=1_000_000, help="episode seeds start here")
+    evaluate.add_argument(
+        "--resolution", type=int, help="render N x N (default: the checkpoint's training resolution; 224)"
+    )
+    evaluate.add_argument("--videos-per-task", type=int, default=2, help="rollout videos kept per task")
     evaluate.set_defaults(run=_eval)
 
-    demo = commands.add_parser(
+    demo = _command(
+        commands,
         "demo",
-        help="the main job: Meta-World demonstrations -> a tiny pi0.5 trained on the CPU -> success rate",
+        "the main job: Meta-World demonstrations -> a tiny pi0.5 trained on the CPU -> success rate",
     )
-    demo.add_argument("--output", type=Path, default=Path("demo"), help="rerun to resume")
+    demo.add_argument(
+        "--output", type=Path, default=Path("demo"), help="where everything goes; rerun to resume"
+    )
     demo.add_argument("--tasks", help="Meta-World task names, comma-separated (default: three easy tasks)")
-    demo.add_argument("--episodes-per-task", type=int, help="demonstrations per task")
-    demo.add_argument("--resolution", type=int, help="camera resolution of data and evaluation")
-    demo.add_argument("--steps", type=int, help="training steps")
-    demo.add_argument("--batch-size", type=int)
-    demo.add_argument("--eval-episodes-per-task", type=int)
+    demo.add_argument("--episodes-per-task", type=int, help="demonstrations per task (default: 20)")
+    demo.add_argument(
+        "--resolution", type=int, help="camera resolution of data and evaluation (default: 112)"
+    )
+    demo.add_argument("--steps", type=int, help="training steps (default: 1500)")
+    demo.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
+    demo.add_argument("--eval-episodes-per-task", type=int, help="evaluation episodes per task (default: 10)")
     demo.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
     demo.set_defaults(run=_demo)
 
-    train = commands.add_parser(
+    train = _command(
+        commands,
         "train",
-        help="train or fine-tune on LeRobot datasets (torchrun for many GPUs)",
-        epilog="Any number of key=value settings may follow, e.g. batch_size=8 optim.peak_lr=1e-4",
+        "train or fine-tune on LeRobot datasets (torchrun for many GPUs)",
+        epilog="Any number of key=value settings may follow, e.g. batch_size=8 optim.peak_lr=1e-4; "
+        "--print-config lists them all with their defaults.",
     )
     train.add_argument(
-        "--config", help="named config: pi05_tiny, pi0_tiny, pi05_full, pi0_full, pi05_full_lora"
+        "--config", help="named config: pi05_tiny (default), pi0_tiny, pi05_full, pi0_full, pi05_full_lora"
     )
     train.add_argument(
         "--dataset", type=Path, action="append", default=[], help="a LeRobot dataset (repeat to mix)"
     )
-    train.add_argument("--output", type=Path, required=True)
-    train.add_argument("--steps", type=int)
-    train.add_argument("--save-every", type=int)
+    train.add_argument("--output", type=Path, help="run directory: checkpoints, metrics.jsonl, loss.png")
+    train.add_argument("--steps", type=int, help="total steps (default: the config's; extends a resumed run)")
+    train.add_argument("--save-every", type=int, help="steps between checkpoints (default: the config's)")
     train.add_argument(
         "--resume", action="store_true", help="continue from the last complete checkpoint in --output"
     )
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every setting as resolved, with its default and use",
+    )
     train.set_defaults(run=_train)
 
-    serve = commands.add_parser(
-        "serve", help="serve a checkpoint to robots over WebSocket (openpi's protocol); SIGTERM stops it"
+    serve = _command(
+        commands, "serve", "serve a checkpoint to robots over WebSocket (openpi's protocol); SIGTERM stops it"
     )
     serve.add_argument("--checkpoint", type=Path, required=True, help="a trained model directory")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (use --token)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--num-steps", type=int, default=10, help="Euler steps per inference")
     serve.add_argument("--token", help="token clients must present (default: $VLAFLOW_SERVER_TOKEN, or none)")
     serve.add_argument("--max-frame-bytes", type=int, help="largest request decoded (default: 16 MiB)")
     serve.add_argument("--batch-window-ms", type=float, help="wait this long to batch clients (default: 10)")
-    serve.add_argument("--max-batch", type=int, help="default: 8")
+    serve.add_argument("--max-batch", type=int, help="most requests in one model call (default: 8)")
     serve.add_argument(
         "--key-map",
         help='client key -> dataset key: JSON (\'{"observation/image": "observation.images.top"}\'), a .json '
         "file, or libero (default: the checkpoint's own, else the dataset's names)",
     )
     serve.add_argument("--source", help="which training dataset's statistics, for a mixture")
-    serve.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    serve.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
     serve.set_defaults(run=_serve)
     return parser
 
@@ -449,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or (extra and args.command != "train"):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     args.overrides = extra
+    warnings.formatwarning = lambda message, *_, **__: f"vlaflow {args.command}: warning: {message}\n"
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
 
+from vlaflow.cli import main
 from vlaflow.data.lerobot import LeRobotDataset, validate_dataset
 from vlaflow.data.pipeline import SourceConfig
 from vlaflow.sim.evaluate import evaluate_metaworld, summarize
@@ -65,7 +67,7 @@ def test_expert_evaluation_writes_results_chart_and_videos(tmp_path):
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
 
 
-def test_trained_checkpoint_runs_through_the_harness(demos, tmp_path):
+def test_trained_checkpoint_runs_through_the_harness(demos, tmp_path, capsys):
     config = apply_overrides(
         named_config("pi05_tiny"),
         [
@@ -77,20 +79,41 @@ def test_trained_checkpoint_runs_through_the_harness(demos, tmp_path):
     )
     config.datasets = [SourceConfig(str(demos))]
     checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
-    results = evaluate_metaworld(
-        tmp_path / "eval",
-        policy=str(checkpoint),
-        tasks=TASKS[:1],
-        episodes_per_task=1,
-        workers=1,
-        resolution=64,
-        videos_per_task=1,
-        num_steps=2,
-        progress=False,
-    )
+    args = [
+        "eval",
+        "metaworld",
+        "--checkpoint",
+        str(checkpoint),
+        "--episodes-per-task",
+        "1",
+        "--workers",
+        "1",
+    ]
+    args += ["--videos-per-task", "1", "--output", str(tmp_path / "eval"), "--tasks", "reach-v3,door-open-v3"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    # rendered as the training data was (64 px, corner2), not at the 224 px default
+    assert "rendered at 64 px, cameras corner2" in captured.out
+    assert re.search(r"reach-v3: +\d+\.\d%  \([01]/1\)", captured.out)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["tasks"]["reach-v3"]["episodes"] == 1
     assert results["settings"]["steps_per_chunk"] == 5
+    assert (results["settings"]["resolution"], results["settings"]["cameras"]) == (64, ["corner2"])
+    assert results["settings"]["untrained_tasks"] == ["door-open-v3"]
     assert len(list((tmp_path / "eval" / "videos").glob("reach-v3_seed1000000_*.mp4"))) == 1
+
+
+def test_a_failed_evaluation_leaves_no_folder_behind(demos, tmp_path, capsys):
+    """An unknown camera fails inside the rollout: the new results folder is removed again."""
+    config = apply_overrides(named_config("pi05_tiny"), ["steps=1", "batch_size=2", "num_workers=0"])
+    config.datasets = [SourceConfig(str(demos))]
+    checkpoint = train(config, tmp_path / "run", progress=False).checkpoint
+    out = tmp_path / "eval"
+    args = ["eval", "metaworld", "--checkpoint", str(checkpoint), "--tasks", "reach-v3", "--workers", "1"]
+    assert main([*args, "--episodes-per-task", "1", "--cameras", "nope", "--output", str(out)]) == 2
+    assert "unknown camera(s) ['nope']" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", "metaworld", "--checkpoint", str(tmp_path / "none"), "--output", str(out)]) == 2
+    assert "not a vlaflow model directory" in capsys.readouterr().err and not out.exists()
 
 
 def test_summary_groups_average_over_tasks():

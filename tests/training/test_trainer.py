@@ -75,7 +75,10 @@ def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path):
     proc.wait()
     before = complete_checkpoints(killed)[-1][0]
     assert 4 <= before < 16
-    subprocess.run(cli("--resume", "--output", str(killed)), check=True, env=env, capture_output=True)
+    resumed = subprocess.run(
+        cli("--resume", "--output", str(killed)), check=True, env=env, capture_output=True
+    )
+    assert f"resuming from step {before}".encode() in resumed.stdout
 
     a, b = metrics(straight), metrics(killed)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))

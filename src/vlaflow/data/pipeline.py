@@ -63,6 +63,10 @@ class SourceStats:
     action_horizon: int
     delta_action_mask: tuple[bool, ...] | None = None
     cameras: dict[str, str] = field(default_factory=dict)
+    # What the robot looked like in training: (height, width) per camera and the task prompts, so a
+    # policy can be run (and evaluated) the way it was trained. Empty in older checkpoints.
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +75,8 @@ class SourceStats:
             "action_horizon": self.action_horizon,
             "delta_action_mask": list(self.delta_action_mask) if self.delta_action_mask else None,
             "cameras": dict(self.cameras),
+            "image_sizes": {k: list(v) for k, v in self.image_sizes.items()},
+            "tasks": list(self.tasks),
         }
 
     @classmethod
@@ -82,6 +88,8 @@ class SourceStats:
             action_horizon=int(data["action_horizon"]),
             delta_action_mask=tuple(mask) if mask else None,
             cameras=dict(data.get("cameras", {})),
+            image_sizes={k: (int(v[0]), int(v[1])) for k, v in data.get("image_sizes", {}).items()},
+            tasks=tuple(data.get("tasks", ())),
         )
 
 
@@ -99,6 +107,8 @@ def source_stats(
         action_horizon=horizon,
         delta_action_mask=config.delta_action_mask,
         cameras=cameras,
+        image_sizes={key: tuple(dataset.meta.features[key]["shape"][:2]) for key in cameras.values()},
+        tasks=tuple(dataset.meta.tasks),
     )
 
 

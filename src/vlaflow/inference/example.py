@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from vlaflow.data.transforms import build_observation
+from vlaflow.inference.policy import Policy
 from vlaflow.models import VLA, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.pretrained import load_pretrained
-from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer
+from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer, tokenize_prompt
 
 
 @dataclass
@@ -53,6 +54,32 @@ def load_model(
     tokenizer = PaliGemmaTokenizer(tokenizer_path) if tokenizer_path else EmbeddedTokenizer()
     torch.manual_seed(seed)
     return VLA(config).eval(), tokenizer
+
+
+def run_policy_example(policy: Policy, *, prompt: str, batch_size: int, seed: int) -> ExampleResult:
+    """One inference through a trained policy: synthetic frames for its training cameras (at their
+    training size), the state at the training mean; actions come back in the robot's units and
+    dimensions."""
+    stats = policy.stats
+    frames = []
+    for i in range(batch_size):
+        images = {
+            camera: synthetic_frame(*stats.image_sizes.get(camera, (240, 320)), seed + 7 * i + j)
+            for j, camera in enumerate(stats.cameras.values())
+        }
+        frames.append({"images": images, "state": stats.state.mean.astype(np.float32), "prompt": prompt})
+    tokens = tokenize_prompt(
+        policy.tokenizer,
+        prompt,
+        policy.state_norm.normalize(stats.state.mean),
+        pi05=policy.model.config.pi05,
+        max_len=policy.model.config.max_token_len,
+    )[1]
+    start = time.perf_counter()
+    actions = policy.infer_batch(frames)
+    return ExampleResult(
+        actions=actions, prompt_tokens=int(tokens.sum()), seconds=time.perf_counter() - start
+    )
 
 
 def run_example(

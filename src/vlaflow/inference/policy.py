@@ -23,8 +23,23 @@ from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute
 from vlaflow.data.transforms import build_observation
 from vlaflow.models import VLA
-from vlaflow.pretrained import load_pretrained
+from vlaflow.pretrained import load_pretrained, read_config
 from vlaflow.tokenizers import Tokenizer
+
+
+def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> SourceStats:
+    """What a training checkpoint recorded about one training dataset (statistics, cameras, image
+    sizes, tasks), read without loading the weights; `source` picks the dataset of a mixture."""
+    all_stats = read_config(checkpoint).get("metadata", {}).get("norm_stats")
+    if not all_stats:
+        raise ValueError(f"{checkpoint} has no normalization statistics (not a training checkpoint?)")
+    if source is None:
+        if len(all_stats) > 1:
+            raise ValueError(f"{checkpoint} was trained on {sorted(all_stats)}: choose one with source=")
+        source = next(iter(all_stats))
+    if source not in all_stats:
+        raise ValueError(f"source {source!r} not in {sorted(all_stats)}")
+    return SourceStats.from_dict(all_stats[source])
 
 
 class Policy:
@@ -57,19 +72,10 @@ class Policy:
     ) -> Policy:
         """A policy from a training checkpoint; `source` picks the dataset whose statistics (and
         robot) to use when the model was trained on several."""
+        stats = checkpoint_stats(checkpoint, source)
         loaded = load_pretrained(checkpoint, device=device)
-        all_stats = loaded.metadata.get("norm_stats")
-        if not all_stats:
-            raise ValueError(f"{checkpoint} has no normalization statistics (not a training checkpoint?)")
-        if source is None:
-            if len(all_stats) > 1:
-                raise ValueError(f"{checkpoint} was trained on {sorted(all_stats)}: choose one with source=")
-            source = next(iter(all_stats))
-        if source not in all_stats:
-            raise ValueError(f"source {source!r} not in {sorted(all_stats)}")
         if loaded.tokenizer is None:
             raise ValueError(f"{checkpoint} names no tokenizer")
-        stats = SourceStats.from_dict(all_stats[source])
         return cls(
             loaded.model,
             loaded.tokenizer,

@@ -11,9 +11,12 @@ tasks; `success.png` charts them; `videos/` holds the first rollouts of every ta
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
 from vlaflow.sim import metaworld as mw
-from vlaflow.sim.generate import camera_feature
+from vlaflow.sim.generate import camera_feature, feature_camera
 
 EVAL_SEED = 1_000_000  # demonstrations use seeds from 0: evaluation never replays a training layout
 VIDEO_FPS = 40
@@ -57,6 +60,53 @@ class CheckpointPolicyFactory:
 
 
 _loaded: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class TrainingView:
+    """How a checkpoint's training data was rendered, so evaluation can render the same way."""
+
+    resolution: int
+    cameras: tuple[str, ...]
+    prompts: tuple[str, ...]  # empty when the checkpoint predates recording them
+
+
+def training_view(checkpoint: str | Path) -> TrainingView:
+    """Resolution and cameras of the training dataset (older checkpoints, which did not record the
+    image size: the model's input size) and its task prompts."""
+    from vlaflow.inference.policy import checkpoint_stats
+    from vlaflow.pretrained import read_config
+
+    stats = checkpoint_stats(checkpoint)
+    sizes = [stats.image_sizes[key] for key in stats.cameras.values() if key in stats.image_sizes]
+    resolution = sizes[0][0] if sizes else int(read_config(checkpoint)["model"]["vision"]["image_size"])
+    cameras = tuple(feature_camera(key) for key in stats.cameras.values())
+    return TrainingView(resolution=resolution, cameras=cameras, prompts=stats.tasks)
+
+
+def resolve_view(
+    policy: Any, resolution: int | None, cameras: Sequence[str] | None, defaults: tuple[int, Sequence[str]]
+) -> tuple[int, tuple[str, ...], TrainingView | None]:
+    """Resolution and cameras to render: as given, else the checkpoint's training view, else the
+    benchmark's defaults (the scripted expert, a policy factory)."""
+    view = training_view(policy) if isinstance(policy, str) and policy != "expert" else None
+    resolution = resolution or (view.resolution if view else defaults[0])
+    cameras = tuple(cameras or (view.cameras if view else defaults[1]))
+    return resolution, cameras, view
+
+
+@contextmanager
+def evaluation_output(output: Path) -> Iterator[Path]:
+    """`output` with its videos/ folder; removed again if the evaluation fails and it was new, so
+    an error never leaves an empty or half-written results folder behind."""
+    existed = output.exists()
+    (output / "videos").mkdir(parents=True, exist_ok=True)
+    try:
+        yield output
+    except BaseException:
+        if not existed:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
 
 
 def summarize(successes: dict[str, list[bool]], lengths: dict[str, list[int]]) -> dict[str, Any]:
@@ -99,9 +149,12 @@ def plot_success(results: dict[str, Any], out: Path, title: str) -> None:
     rates = [100 * results["tasks"][t]["success_rate"] for t in order]
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(order) + 1.6))
     ax.barh(range(len(order)), rates, color=[colors[mw.DIFFICULTY[t]] for t in order])
+    for row, task in enumerate(order):  # episode counts on the bars: n successes of N episodes
+        r = results["tasks"][task]
+        ax.text(rates[row] + 1, row, f"{r['successes']}/{r['episodes']}", va="center", fontsize=6)
     ax.set_yticks(range(len(order)), [t.removesuffix("-v3") for t in order], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(0, 100)
+    ax.set_xlim(0, 108)
     ax.set_xlabel("success rate (%)")
     groups = ", ".join(f"{g} {100 * r['success_rate']:.0f}%" for g, r in results["groups"].items())
     ax.set_title(f"{title}\noverall {100 * results['overall']['success_rate']:.1f}% ({groups})", fontsize=9)
@@ -122,42 +175,54 @@ def evaluate_metaworld(
     steps_per_chunk: int = 5,
     workers: int | None = None,
     seed: int = EVAL_SEED,
-    resolution: int = 224,
+    resolution: int | None = None,
+    cameras: Sequence[str] | None = None,
     videos_per_task: int = 2,
     num_steps: int = 10,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate `policy` ("expert" or a checkpoint directory) and write results, chart and videos."""
+    """Evaluate `policy` ("expert" or a checkpoint directory) and write results, chart and videos.
+
+    A checkpoint is rendered at its training resolution with its training cameras unless
+    `resolution` / `cameras` say otherwise (the expert: 224 px, corner2); tasks whose prompt the
+    checkpoint never trained on are warned about and listed in the results."""
     output = Path(output)
-    (output / "videos").mkdir(parents=True, exist_ok=True)
     expert = policy == "expert"
     if not expert and not (Path(policy) / "config.json").is_file():
         raise FileNotFoundError(f"--checkpoint {policy}: not a vlaflow model directory (no config.json)")
+    resolution, cameras, view = resolve_view(policy, resolution, cameras, (224, ("corner2",)))
+    untrained = [t for t in tasks if view and view.prompts and mw.TASK_DESCRIPTIONS[t] not in view.prompts]
+    if untrained:
+        warnings.warn(
+            f"the checkpoint never trained on {untrained} (its prompts: {list(view.prompts)})", stacklevel=2
+        )
     factory = mw.ExpertPolicy if expert else CheckpointPolicyFactory(policy, num_steps=num_steps)
     jobs = mw.episode_jobs(tasks, episodes_per_task, seed=seed)
     recorded = {(t, seed + i) for t in tasks for i in range(min(videos_per_task, episodes_per_task))}
     # The expert reads the simulator state: render only the episodes that become videos.
-    cameras = () if expert and not recorded else ("corner2",)
+    rendered = () if expert and not recorded else cameras
     successes: dict[str, list[bool]] = defaultdict(list)
     lengths: dict[str, list[int]] = defaultdict(list)
     start = time.perf_counter()
-    bar = tqdm(total=len(jobs), disable=not progress, desc="evaluation", unit="ep")
-    for episode in mw.rollout_many(
-        jobs,
-        factory,
-        workers=workers,
-        env_kwargs={"cameras": cameras, "resolution": resolution},
-        steps_per_chunk=1 if expert else steps_per_chunk,
-        record=recorded,
-    ):
-        successes[episode.task].append(episode.success)
-        lengths[episode.task].append(episode.length)
-        if episode.images:
-            name = f"{episode.task}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
-            encode_video(output / "videos" / name, episode.images["corner2"], VIDEO_FPS)
-        bar.set_postfix(success=f"{np.mean([s for v in successes.values() for s in v]):.0%}", refresh=False)
-        bar.update(1)
-    bar.close()
+    with evaluation_output(output):
+        bar = tqdm(total=len(jobs), disable=not progress, desc="evaluation", unit="ep")
+        for episode in mw.rollout_many(
+            jobs,
+            factory,
+            workers=workers,
+            env_kwargs={"cameras": rendered, "resolution": resolution},
+            steps_per_chunk=1 if expert else steps_per_chunk,
+            record=recorded,
+        ):
+            successes[episode.task].append(episode.success)
+            lengths[episode.task].append(episode.length)
+            if episode.images:
+                name = f"{episode.task}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
+                encode_video(output / "videos" / name, episode.images[cameras[0]], VIDEO_FPS)
+            rate = np.mean([s for v in successes.values() for s in v])
+            bar.set_postfix(success=f"{rate:.0%}", refresh=False)
+            bar.update(1)
+        bar.close()
     results = summarize({t: successes[t] for t in tasks}, dict(lengths))
     results["settings"] = {
         "policy": policy,
@@ -166,6 +231,8 @@ def evaluate_metaworld(
         "max_steps": mw.DEFAULT_MAX_STEPS,
         "seed": seed,
         "resolution": resolution,
+        "cameras": list(cameras),
+        "untrained_tasks": untrained,
         "denoising_steps": None if expert else num_steps,
         "seconds": time.perf_counter() - start,
     }

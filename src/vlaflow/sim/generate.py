@@ -32,6 +32,11 @@ def camera_feature(camera: str) -> str:
     return "observation.image" if camera == MAIN_CAMERA else f"observation.images.{camera}"
 
 
+def feature_camera(key: str) -> str:
+    """The simulator camera of a dataset key (inverse of `camera_feature`)."""
+    return MAIN_CAMERA if key == "observation.image" else key.removeprefix("observation.images.")
+
+
 @dataclass
 class GenerationSummary:
     output: Path

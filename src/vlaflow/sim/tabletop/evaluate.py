@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
-from vlaflow.sim.evaluate import EVAL_SEED, CheckpointPolicyFactory
+from vlaflow.sim.evaluate import EVAL_SEED, CheckpointPolicyFactory, evaluation_output, resolve_view
 from vlaflow.sim.generate import camera_feature
 from vlaflow.sim.tabletop.expert import ExpertPolicy
 from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
@@ -177,10 +177,10 @@ def evaluate_tabletop(
     families: Sequence[str] = FAMILIES,
     seed: int = EVAL_SEED,
     workers: int | None = None,
-    resolution: int = 224,
+    resolution: int | None = None,
     videos: int = 2,
     steps_per_chunk: int = 5,
-    cameras: Sequence[str] = DEFAULT_CAMERAS,
+    cameras: Sequence[str] | None = None,
     num_steps: int = 10,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -188,7 +188,9 @@ def evaluate_tabletop(
     ``results.png`` and ``videos/`` (the first `videos` episodes of each family) under `output`.
 
     `policy` is "expert" (the scripted expert, one action per step), a checkpoint directory, or a
-    picklable `family -> policy` factory whose policies get the environment's observations.
+    picklable `family -> policy` factory whose policies get the environment's observations. A
+    checkpoint is rendered at its training resolution with its training cameras unless `resolution`
+    / `cameras` say otherwise (otherwise: 224 px, the default cameras).
     """
     check_split_name(split)
     unknown = [f for f in families if f not in FAMILIES]
@@ -197,7 +199,6 @@ def evaluate_tabletop(
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     output = Path(output)
-    (output / "videos").mkdir(parents=True, exist_ok=True)
     expert = policy == "expert"
     if expert:
         factory: Callable[[str], Policy] = ExpertPolicy
@@ -211,28 +212,32 @@ def evaluate_tabletop(
         raise TypeError(
             f"policy must be 'expert', a checkpoint directory or a policy factory, got {policy!r}"
         )
+    resolution, cameras, _ = resolve_view(policy, resolution, cameras, (224, DEFAULT_CAMERAS))
     chunk = 1 if expert else steps_per_chunk
     jobs = [(f, seed + i) for f in families for i in range(episodes)]
     recorded = {(f, seed + i) for f in families for i in range(min(videos, episodes))}
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(jobs), disable=not progress, desc=f"evaluation ({split})", unit="ep")
-    for episode in rollout_many(
-        jobs,
-        factory,
-        split=split,
-        workers=workers,
-        env_kwargs={"cameras": tuple(cameras), "resolution": resolution},
-        steps_per_chunk=chunk,
-        record=recorded,
-    ):
-        records.append(_record(episode))
-        if episode.images:
-            name = f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
-            encode_video(output / "videos" / name, video_frames(episode, cameras), FPS)
-        bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}", refresh=False)
-        bar.update(1)
-    bar.close()
+    with evaluation_output(output):
+        bar = tqdm(total=len(jobs), disable=not progress, desc=f"evaluation ({split})", unit="ep")
+        for episode in rollout_many(
+            jobs,
+            factory,
+            split=split,
+            workers=workers,
+            env_kwargs={"cameras": tuple(cameras), "resolution": resolution},
+            steps_per_chunk=chunk,
+            record=recorded,
+        ):
+            records.append(_record(episode))
+            if episode.images:
+                name = (
+                    f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
+                )
+                encode_video(output / "videos" / name, video_frames(episode, cameras), FPS)
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}", refresh=False)
+            bar.update(1)
+        bar.close()
     results = summarize(records, families)
     results["settings"] = {
         "policy": policy if isinstance(policy, str) else repr(policy),
