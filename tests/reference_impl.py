@@ -82,6 +82,19 @@ class PaliGemmaWithExpert(nn.Module):
             self.gemma_expert.model.norm = AdaptiveNorm(expert["hidden_size"])
 
 
+# What openpi's `to_bfloat16_for_selected_params` keeps in float32 when it casts the VLM and the
+# expert to bfloat16 (matched as substrings of parameter names); the flow heads outside
+# `paligemma_with_expert` are never cast.
+FLOAT32_SELECTORS = (
+    "vision_tower.vision_model.embeddings.patch_embedding.weight",
+    "vision_tower.vision_model.embeddings.patch_embedding.bias",
+    "vision_tower.vision_model.embeddings.position_embedding.weight",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "model.norm",
+)
+
+
 class ReferencePi0(nn.Module):
     def __init__(
         self, *, pi05, vision, vlm, expert, vocab=257152, action_dim=32, horizon=50, image_keys=None
@@ -101,7 +114,24 @@ class ReferencePi0(nn.Module):
             self.action_time_mlp_in = nn.Linear(2 * w, w)
             self.action_time_mlp_out = nn.Linear(w, w)
 
+    def to_reference_bfloat16(self) -> ReferencePi0:
+        """The reference's bfloat16 inference: the VLM and expert in bf16 except FLOAT32_SELECTORS."""
+        self.paligemma_with_expert.to(torch.bfloat16)
+        for name, param in self.paligemma_with_expert.named_parameters():
+            if any(selector in name for selector in FLOAT32_SELECTORS):
+                param.data = param.data.float()
+        return self
+
+    @property
+    def compute_dtype(self):
+        return self.paligemma_with_expert.paligemma.model.multi_modal_projector.linear.weight.dtype
+
     # ---- embeddings, masks ----
+    def vision_features(self, img):
+        vision = self.paligemma_with_expert.paligemma.model.vision_tower.vision_model
+        hidden = vision.embeddings(img).to(self.compute_dtype)  # patch + position embeddings in float32
+        return vision.post_layernorm(vision.encoder(inputs_embeds=hidden).last_hidden_state)
+
     def embed_prefix(self, obs):
         pg = self.paligemma_with_expert.paligemma
         embs, pads, ars = [], [], []
@@ -109,7 +139,7 @@ class ReferencePi0(nn.Module):
             img = obs.images[key]
             if img.shape[-1] == 3:
                 img = img.permute(0, 3, 1, 2)
-            feats = pg.model.multi_modal_projector(pg.model.vision_tower(img).last_hidden_state)
+            feats = pg.model.multi_modal_projector(self.vision_features(img))
             embs.append(feats)
             mask = obs.image_masks.get(key, torch.ones(img.shape[0], dtype=torch.bool))
             pads.append(mask[:, None].expand(img.shape[0], feats.shape[1]))
@@ -166,7 +196,8 @@ class ReferencePi0(nn.Module):
                 ks.append(layer.self_attn.k_proj(h).view(shape).transpose(1, 2))
                 vs.append(layer.self_attn.v_proj(h).view(shape).transpose(1, 2))
             q, k, v = torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2)
-            cos, sin = models[0].rotary_emb(torch.zeros(q.shape[0], q.shape[2], q.shape[3]), positions)
+            dummy = torch.zeros(q.shape[0], q.shape[2], q.shape[3], dtype=q.dtype)
+            cos, sin = models[0].rotary_emb(dummy, positions)
             q, k = modeling_gemma.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             attn_module = models[0].layers[i].self_attn
             out, _ = modeling_gemma.eager_attention_forward(attn_module, q, k, v, mask, attn_module.scaling)
@@ -187,7 +218,9 @@ class ReferencePi0(nn.Module):
     def velocity(self, obs, x_t, t):
         prefix, ppad, par = self.embed_prefix(obs)
         suffix, spad, sar, cond = self.embed_suffix(obs.state, x_t, t)
-        out = self.joint(prefix, suffix, torch.cat([ppad, spad], 1), torch.cat([par, sar]), cond)
+        dtype = self.compute_dtype
+        pad, ar = torch.cat([ppad, spad], 1), torch.cat([par, sar])
+        out = self.joint(prefix.to(dtype), suffix.to(dtype), pad, ar, cond)
         return self.action_out_proj(out[:, -self.horizon :].float())
 
     def compute_loss(self, obs, actions, noise, time):

@@ -7,6 +7,8 @@ reference layout, so the checkpoint loader is exercised too.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -182,3 +184,49 @@ def test_full_size_matches_reference(tmp_path, pi05):
     )
     print(f"full size pi05={pi05}: loss rel err {loss_err:.2e}, actions rel err {sample_err:.2e}")
     assert loss_err < 1e-4 and sample_err < 1e-4
+
+
+def test_bfloat16_keeps_the_references_float32_modules():
+    """openpi casts only the VLM and the expert to bf16, keeping their norms (adaRMS `dense` too) and
+    SigLIP's patch and position embeddings in float32; the flow heads are never cast."""
+    float32 = re.compile(
+        r"^(action_in_proj|action_out_proj|state_proj|action_time_mlp_in|action_time_mlp_out|time_mlp_in"
+        r"|time_mlp_out)\.|^transformer\.layers\.\d+\.experts\.\d\.(attn|mlp)_norm\.|^transformer\.norms\."
+        r"|^vision\.(patch_embed\.|pos_embed$)"
+    )
+    for preset_name in ("pi0_tiny", "pi05_tiny"):
+        model = VLA(preset(preset_name)).set_compute_dtype(torch.bfloat16)
+        for name, p in model.named_parameters():
+            assert p.dtype == (torch.float32 if float32.search(name) else torch.bfloat16), name
+
+
+@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
+def test_bfloat16_error_is_the_references_own(tmp_path, name):
+    """Against the reference in float32: our bf16 error is about the reference's own bf16 error
+    (both follow openpi's precision policy), not a multiple of it."""
+    import copy
+
+    config = preset(name)
+    ref = reference_for(config)
+    save_reference(ref, tmp_path / "model.safetensors")
+    with torch.device("meta"):
+        ours = VLA(config)
+    load_reference_weights(ours, tmp_path, dtype=torch.float32, device="cpu")
+    ours.eval().set_compute_dtype(torch.bfloat16)
+    ref16 = copy.deepcopy(ref).to_reference_bfloat16()
+    obs = make_observation(config, batch=2)
+    g = torch.Generator().manual_seed(1)
+    shape = (2, config.action_horizon, config.action_dim)
+    noise, actions, time = (
+        torch.randn(shape, generator=g),
+        torch.randn(shape, generator=g),
+        torch.tensor([0.3, 0.85]),
+    )
+    with torch.no_grad():
+        truth = ref.compute_loss(obs, actions, noise, time), ref.sample_actions(obs, noise, 10)
+        theirs = ref16.compute_loss(obs, actions, noise, time), ref16.sample_actions(obs, noise, 10)
+        mine = ours.compute_loss(obs, actions, noise=noise, time=time), ours.sample_actions(obs, noise=noise)
+    for kind, t, r, m in zip(("loss", "actions"), truth, theirs, mine, strict=True):
+        ref_err, our_err = relative_error(r.float(), t), relative_error(m.float(), t)
+        print(f"{name} {kind}: reference bf16 {ref_err:.2e}, vlaflow bf16 {our_err:.2e}")
+        assert 1e-4 < our_err < 2 * ref_err, (kind, our_err, ref_err)

@@ -26,6 +26,18 @@ from vlaflow.models.observation import Observation
 from vlaflow.models.segments import EXPERT, Kind, Segment, build_layout
 from vlaflow.models.siglip import SiglipEncoder
 
+# The layers between the transformer and the flow's continuous inputs and outputs, which the
+# reference runs in float32 even when the transformer runs in bfloat16.
+FLOAT32_HEADS = (
+    "action_in_proj",
+    "action_out_proj",
+    "time_mlp_in",
+    "time_mlp_out",
+    "state_proj",
+    "action_time_mlp_in",
+    "action_time_mlp_out",
+)
+
 
 @dataclass
 class Prefix:
@@ -83,16 +95,23 @@ class VLA(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype (norms and the patch embedding may stay float32)."""
-        return self.action_in_proj.weight.dtype
+        """The transformer's compute dtype (norms, embeddings of patches and positions and the flow
+        heads may stay float32)."""
+        return self.vision_proj.weight.dtype
 
     def set_compute_dtype(self, dtype: torch.dtype) -> VLA:
-        """Cast to `dtype`, keeping what the reference keeps in float32: the norms and the vision
-        patch/position embeddings."""
+        """Cast the VLM, the vision tower and the expert's transformer to `dtype`, keeping in float32
+        what the reference keeps there: the norms (adaRMS modulations included), the vision
+        patch/position embeddings, and the flow heads around the transformer (action in/out
+        projections, the time MLPs, pi0's state projection), so the adaRMS condition and the
+        velocity are computed in float32."""
         self.to(dtype)
         for module in self.modules():
             if isinstance(module, RMSNorm | AdaRMSNorm):
                 module.float()
+        for name in FLOAT32_HEADS:
+            if hasattr(self, name):
+                getattr(self, name).float()
         self.vision.patch_embed.float()
         self.vision.pos_embed.data = self.vision.pos_embed.data.float()
         return self
@@ -134,22 +153,24 @@ class VLA(nn.Module):
     def embed_suffix(
         self, state: Tensor, noisy_actions: Tensor, time: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """Expert token embeddings (B, suffix_len, width) and the adaRMS condition (pi0.5) or None."""
-        dtype = self.dtype
-        actions = self.action_in_proj(noisy_actions.to(dtype))
-        time_features = self.time_embedding(time).to(dtype)
+        """Expert token embeddings (B, suffix_len, width) in the compute dtype and the adaRMS
+        condition (pi0.5, in the flow heads' dtype) or None."""
+        heads = self.action_in_proj.weight.dtype
+        actions = self.action_in_proj(noisy_actions.to(heads))
+        time_features = self.time_embedding(time).to(heads)
         if self.config.pi05:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_features))))
-            return actions, cond
+            return actions.to(self.dtype), cond
         time_features = time_features[:, None, :].expand_as(actions)
         mixed = self.action_time_mlp_out(
             F.silu(self.action_time_mlp_in(torch.cat([actions, time_features], -1)))
         )
-        state_token = self.state_proj(state.to(dtype))[:, None, :]
-        return torch.cat([state_token, mixed], dim=1), None
+        state_token = self.state_proj(state.to(heads))[:, None, :]
+        return torch.cat([state_token, mixed], dim=1).to(self.dtype), None
 
     def predict_velocity(self, expert_out: Tensor) -> Tensor:
-        return self.action_out_proj(expert_out[:, -self.config.action_horizon :]).float()
+        head = self.action_out_proj
+        return head(expert_out[:, -self.config.action_horizon :].to(head.weight.dtype)).float()
 
     # ---- training ---------------------------------------------------------------------------
 
