@@ -275,6 +275,7 @@ _DEMO_OPTIONS = (
 
 def _demo(args: argparse.Namespace) -> int:
     from vlaflow.demo import DemoConfig, run_demo
+    from vlaflow.sim.tabletop.evaluate import wilson_interval
     from vlaflow.sim.metaworld import resolve_tasks
 
     config = DemoConfig(
@@ -285,8 +286,11 @@ def _demo(args: argparse.Namespace) -> int:
     for task, rate in summary["tasks"].items():
         print(f"{task:>28}: {100 * rate:5.1f}%")
     minutes = {k: f"{v / 60:.1f}" for k, v in summary["seconds"].items()}
+    successes = round(summary["success_rate"] * summary["episodes"])
+    low, high = wilson_interval(successes, summary["episodes"])
     print(
-        f"success rate {100 * summary['success_rate']:.1f}% over {summary['episodes']} episodes; "
+        f"success rate {100 * summary['success_rate']:.1f}% ({successes}/{summary['episodes']} episodes, "
+        f"95% interval {100 * low:.0f}-{100 * high:.0f}%); "
         f"{minutes['total']} min (generate {minutes['generate']}, train {minutes['train']}, "
         f"evaluate {minutes['evaluate']})"
     )
