@@ -76,9 +76,9 @@ def test_every_option_of_every_command_has_help():
         if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction) and not a.help
     ]
     assert not missing
-    train_help = [p for p in parsers(build_parser()) if p.prog == "vlaflow train"][0].format_help()
+    train_help = next(p for p in parsers(build_parser()) if p.prog == "vlaflow train").format_help()
     assert "--print-config" in train_help
-    eval_help = [p for p in parsers(build_parser()) if p.prog == "vlaflow eval"][0].format_help()
+    eval_help = next(p for p in parsers(build_parser()) if p.prog == "vlaflow eval").format_help()
     assert "(default: 1000000)" in eval_help.replace("\n", " ")
 
 

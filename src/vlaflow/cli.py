@@ -275,8 +275,8 @@ _DEMO_OPTIONS = (
 
 def _demo(args: argparse.Namespace) -> int:
     from vlaflow.demo import DemoConfig, run_demo
-    from vlaflow.sim.tabletop.evaluate import wilson_interval
     from vlaflow.sim.metaworld import resolve_tasks
+    from vlaflow.sim.tabletop.evaluate import wilson_interval
 
     config = DemoConfig(
         **({"tasks": tuple(resolve_tasks(args.tasks))} if args.tasks else {}),
