@@ -53,14 +53,19 @@ class VLAConfig:
     expert token and mixes time into the action tokens with an MLP; pi0.5 writes the discretized
     state into the prompt and conditions every expert norm on time (adaRMSNorm).
     `knowledge_insulation` makes the expert read the VLM's keys/values through a stop-gradient,
-    so the flow loss cannot change the VLM (used by the full pi0.5 recipe).
+    so the flow loss cannot change the VLM, which then learns from its own (text / FAST) losses.
+    `expert=None` is a VLM without an action expert (pi0-FAST, the recipe's first stage): it acts
+    through FAST tokens only. `fast_vocab_size` FAST action tokens get embedding rows after the
+    `vocab_size` text tokens (ids vocab_size .. vocab_size + fast_vocab_size - 1), so they collide
+    with no text, `<loc>` or `<seg>` token.
     """
 
     vision: SiglipConfig
     vlm: GemmaConfig
-    expert: GemmaConfig
+    expert: GemmaConfig | None
     pi05: bool
     vocab_size: int = 257_152
+    fast_vocab_size: int = 0
     action_dim: int = 32
     action_horizon: int = 50
     max_token_len: int = 48
@@ -71,7 +76,7 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         shared = ("depth", "num_heads", "num_kv_heads", "head_dim")
-        for name in shared:
+        for name in shared if self.expert is not None else ():
             if getattr(self.vlm, name) != getattr(self.expert, name):
                 raise ValueError(
                     f"vlm.{name}={getattr(self.vlm, name)} != expert.{name}={getattr(self.expert, name)}: "
@@ -79,8 +84,12 @@ class VLAConfig:
                 )
         if self.vlm.num_heads % self.vlm.num_kv_heads:
             raise ValueError(f"num_heads={self.vlm.num_heads} must be a multiple of num_kv_heads")
-        if self.expert.width % 2:
+        if self.expert is not None and self.expert.width % 2:
             raise ValueError(f"expert.width={self.expert.width} must be even (sin/cos time embedding)")
+        if self.expert is None and self.knowledge_insulation:
+            raise ValueError("knowledge_insulation needs an action expert to insulate (expert is None)")
+        if self.fast_vocab_size < 0:
+            raise ValueError(f"fast_vocab_size must be >= 0, got {self.fast_vocab_size}")
         if not self.image_keys:
             raise ValueError("image_keys must name at least one camera")
 
@@ -94,7 +103,14 @@ class VLAConfig:
 
     @property
     def suffix_len(self) -> int:
+        if self.expert is None:
+            return 0
         return self.action_horizon + (0 if self.pi05 else 1)
+
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of the token embedding (and of the tied output head): text, then FAST tokens."""
+        return self.vocab_size + self.fast_vocab_size
 
     def replace(self, **changes: Any) -> VLAConfig:
         return dataclasses.replace(self, **changes)
@@ -113,6 +129,6 @@ class VLAConfig:
             raise ValueError(f"unknown VLAConfig fields {unknown}; known: {sorted(known)}")
         data["vision"] = SiglipConfig(**data["vision"])
         data["vlm"] = GemmaConfig(**data["vlm"])
-        data["expert"] = GemmaConfig(**data["expert"])
+        data["expert"] = GemmaConfig(**data["expert"]) if data.get("expert") is not None else None
         data["image_keys"] = tuple(data.get("image_keys", REFERENCE_IMAGE_KEYS))
         return cls(**data)

@@ -131,18 +131,20 @@ class MixtureTransformer(nn.Module):
     def __init__(
         self,
         vlm: GemmaConfig,
-        expert: GemmaConfig,
+        expert: GemmaConfig | None,
         *,
         vocab_size: int,
         adaptive_expert: bool,
         insulate: bool,
     ):
+        """`expert=None`: the VLM alone (its tokens are then the only ones a pass may carry)."""
         super().__init__()
         self.vlm_config = vlm
-        adaptive = [False, adaptive_expert]
+        configs = [vlm] if expert is None else [vlm, expert]
+        adaptive = [False, adaptive_expert][: len(configs)]
         self.embed = nn.Embedding(vocab_size, vlm.width)
-        self.layers = nn.ModuleList(MixtureLayer([vlm, expert], adaptive, insulate) for _ in range(vlm.depth))
-        self.norms = nn.ModuleList(make_norm(c, a) for c, a in zip([vlm, expert], adaptive, strict=True))
+        self.layers = nn.ModuleList(MixtureLayer(configs, adaptive, insulate) for _ in range(vlm.depth))
+        self.norms = nn.ModuleList(make_norm(c, a) for c, a in zip(configs, adaptive, strict=True))
         self.gradient_checkpointing = False
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
@@ -179,6 +181,8 @@ class MixtureTransformer(nn.Module):
         present = [e for e, x in enumerate(inputs) if x is not None]
         if not present:
             raise ValueError("the transformer needs tokens for at least one expert")
+        if present[-1] >= len(self.norms):
+            raise ValueError("this model has no action expert: a pass may carry VLM tokens only")
         if cache is None and offset:
             raise ValueError("offset is only meaningful with a KV cache")
         spans, start = {}, 0

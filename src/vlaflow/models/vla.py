@@ -12,7 +12,7 @@ token and an action-time MLP, or the state written into the prompt and adaRMSNor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +23,9 @@ from vlaflow.models.config import VLAConfig
 from vlaflow.models.gemma import AdaRMSNorm, RMSNorm
 from vlaflow.models.mixture import KVCache, MixtureTransformer
 from vlaflow.models.observation import Observation
-from vlaflow.models.segments import EXPERT, Kind, Segment, build_layout
+from vlaflow.models.segments import EXPERT, VLM, Kind, Segment, build_layout
 from vlaflow.models.siglip import SiglipEncoder
+from vlaflow.models.targets import Losses, Targets
 
 # The layers between the transformer and the flow's continuous inputs and outputs, which the
 # reference runs in float32 even when the transformer runs in bfloat16.
@@ -37,6 +38,16 @@ FLOAT32_HEADS = (
     "action_time_mlp_in",
     "action_time_mlp_out",
 )
+
+
+@dataclass
+class Generation:
+    """Decoded tokens (B, T) (pad id 0 after a sample's end), each sample's length before its end
+    of sequence (B,), and optionally the logits (B, T, V) each token was chosen from."""
+
+    tokens: Tensor
+    lengths: Tensor
+    logits: Tensor | None = None
 
 
 @dataclass
@@ -60,21 +71,26 @@ class VLA(nn.Module):
         self.transformer = MixtureTransformer(
             config.vlm,
             config.expert,
-            vocab_size=config.vocab_size,
+            vocab_size=config.embedding_rows,
             adaptive_expert=config.pi05,
             insulate=config.knowledge_insulation,
         )
-        width, dim = config.expert.width, config.action_dim
-        self.action_in_proj = nn.Linear(dim, width)
-        self.action_out_proj = nn.Linear(width, dim)
-        if config.pi05:
-            self.time_mlp_in = nn.Linear(width, width)
-            self.time_mlp_out = nn.Linear(width, width)
-        else:
-            self.state_proj = nn.Linear(dim, width)
-            self.action_time_mlp_in = nn.Linear(2 * width, width)
-            self.action_time_mlp_out = nn.Linear(width, width)
+        if config.expert is not None:
+            width, dim = config.expert.width, config.action_dim
+            self.action_in_proj = nn.Linear(dim, width)
+            self.action_out_proj = nn.Linear(width, dim)
+            if config.pi05:
+                self.time_mlp_in = nn.Linear(width, width)
+                self.time_mlp_out = nn.Linear(width, width)
+            else:
+                self.state_proj = nn.Linear(dim, width)
+                self.action_time_mlp_in = nn.Linear(2 * width, width)
+                self.action_time_mlp_out = nn.Linear(width, width)
         self._init_weights()
+
+    @property
+    def has_expert(self) -> bool:
+        return self.config.expert is not None
 
     def _init_weights(self) -> None:
         """From-scratch init (a loaded checkpoint overwrites it); adaRMS modulations start at zero."""
@@ -197,6 +213,7 @@ class VLA(nn.Module):
     ) -> Tensor:
         """Per-element flow-matching loss (B, H, action_dim): (v - (noise - actions))^2."""
         obs.check(self.config)
+        self._need_expert("the flow loss")
         expected = (obs.batch_size, self.config.action_horizon, self.config.action_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(
@@ -209,10 +226,93 @@ class VLA(nn.Module):
         noisy = t * noise + (1 - t) * actions
         return F.mse_loss(self.velocity(obs, noisy, time), noise - actions, reduction="none")
 
+    def _need_expert(self, what: str) -> None:
+        if not self.has_expert:
+            raise ValueError(f"{what} needs an action expert; this model has none (expert=None: FAST only)")
+
+    def compute_losses(
+        self, obs: Observation, targets: Targets, noise: Tensor | None = None, time: Tensor | None = None
+    ) -> Losses:
+        """Per-token cross-entropies of the text and FAST targets and the per-element flow loss, from
+        one pass over `[images, prompt] [text target] [FAST] [state] [noisy actions]` (the segments
+        a sample lacks are left out; `targets.actions` None: no flow term).
+
+        Token i of a target is predicted from the hidden state of the real token before it (the last
+        prompt token for the first target), so padding anywhere in the sequence is harmless. The
+        expert sees the prefix and the text target but never the FAST tokens (`segments.HIDDEN`).
+        Masking which elements count (a sample's missing terms, padding) is the caller's: every
+        returned element is a real loss value.
+        """
+        obs.check(self.config)
+        targets.check(obs.batch_size, self.config)
+        prefix, segments = self.embed_prefix(obs)
+        vlm = [prefix]
+        for kind, tokens, valid in (
+            (Kind.TEXT_TARGET, targets.text_tokens, targets.text_mask),
+            (Kind.FAST, targets.fast_tokens, targets.fast_mask),
+        ):
+            if tokens is not None:
+                vlm.append(self.transformer.embed_tokens(tokens).to(prefix.dtype))
+                segments.append(Segment(kind, valid))
+        vlm_tokens = torch.cat(vlm, dim=1)
+        suffix = cond = flow_target = None
+        if targets.actions is not None:
+            self._need_expert("the flow loss")
+            actions = targets.actions.float()
+            noise = torch.randn_like(actions) if noise is None else noise.float()
+            time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
+            t = time[:, None, None]
+            suffix, cond = self.embed_suffix(obs.state, t * noise + (1 - t) * actions, time)
+            segments += self.suffix_segments(obs.batch_size, suffix.device)
+            flow_target = noise - actions
+        layout = build_layout(segments)
+        wants_text = targets.text_tokens is not None or targets.fast_tokens is not None
+        vlm_out, expert_out = self.transformer(
+            [vlm_tokens, suffix],
+            layout.mask,
+            layout.positions,
+            [None, cond],
+            keep=(wants_text, suffix is not None),
+        )
+        text_ce = fast_ce = flow = None
+        if wants_text:
+            valid = torch.cat([s.valid for s in segments if s.owner == VLM], dim=1)
+            ce = self._next_token_ce(
+                vlm_out,
+                valid,
+                torch.cat([t for t in (targets.text_tokens, targets.fast_tokens) if t is not None], 1),
+            )
+            split = targets.text_tokens.shape[1] if targets.text_tokens is not None else 0
+            text_ce = ce[:, :split] if targets.text_tokens is not None else None
+            fast_ce = ce[:, split:] if targets.fast_tokens is not None else None
+        if suffix is not None:
+            flow = F.mse_loss(self.predict_velocity(expert_out), flow_target, reduction="none")
+        return Losses(text=text_ce, fast=fast_ce, flow=flow)
+
+    def _next_token_ce(self, hidden: Tensor, valid: Tensor, target_ids: Tensor) -> Tensor:
+        """Cross-entropy (B, T) of the last T VLM tokens, each predicted from the previous real
+        token's hidden state."""
+        b, n = valid.shape
+        index = torch.arange(n, device=valid.device).expand(b, n)
+        last_real = torch.cummax(torch.where(valid, index, -1), dim=1).values
+        before = torch.cat([last_real.new_full((b, 1), -1), last_real[:, :-1]], dim=1)[
+            :, n - target_ids.shape[1] :
+        ]
+        predictor = hidden.gather(1, before.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.text_logits(predictor).float()
+        return F.cross_entropy(logits.transpose(1, 2), target_ids, reduction="none")
+
     def forward(
-        self, obs: Observation, actions: Tensor, noise: Tensor | None = None, time: Tensor | None = None
-    ) -> Tensor:
-        """The training forward (what DDP / FSDP wrap): the per-element flow loss."""
+        self,
+        obs: Observation,
+        actions: Tensor | Targets,
+        noise: Tensor | None = None,
+        time: Tensor | None = None,
+    ) -> Tensor | Losses:
+        """The training forward (what DDP / FSDP wrap): the per-element flow loss of an action
+        chunk, or every loss term of `Targets`."""
+        if isinstance(actions, Targets):
+            return self.compute_losses(obs, actions, noise=noise, time=time)
         return self.compute_loss(obs, actions, noise=noise, time=time)
 
     # ---- inference --------------------------------------------------------------------------
@@ -221,6 +321,7 @@ class VLA(nn.Module):
     def prefill(self, obs: Observation) -> Prefix:
         """Run the prefix once and cache its keys/values for the denoising steps."""
         obs.check(self.config)
+        self._need_expert("sampling actions from the flow")
         return self.fill_cache(*self.embed_prefix(obs), obs.state)
 
     @torch.no_grad()
@@ -292,3 +393,78 @@ class VLA(nn.Module):
     def text_logits(self, vlm_hidden: Tensor) -> Tensor:
         """Next-token logits of VLM hidden states (for text / FAST targets), via the tied embedding."""
         return self.transformer.logits(vlm_hidden)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        obs: Observation,
+        *,
+        max_new_tokens: int,
+        eos_id: int,
+        forced: Sequence[int] = (),
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        keep_logits: bool = False,
+    ) -> Generation:
+        """Decode tokens after the prompt with a static KV cache: tokens (B, T), lengths (B,), and
+        with `keep_logits` the logits (B, T, V) each token was chosen from.
+
+        `forced` tokens are fed first (e.g. "Action: "), then up to `max_new_tokens` are chosen
+        greedily (`temperature` 0) or sampled; a sample stops at `eos_id` (not counted in its
+        length; later slots hold the pad id 0). Every sample's first token sits at the position
+        right after its own last real prompt token, whatever the padding, and each step reads the
+        real prompt tokens and the tokens decoded so far (checked against full recomputation).
+        """
+        obs.check(self.config)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prefix, segments = self.embed_prefix(obs)
+        layout = build_layout(segments)
+        valid = torch.cat([s.valid for s in segments], dim=1)
+        b, n = valid.shape
+        steps = len(forced) + max_new_tokens
+        cache = KVCache.allocate(self.config.vlm, b, n + steps, prefix.dtype, prefix.device)
+        (hidden, _) = self.transformer(
+            [prefix, None], layout.mask, layout.positions, [None, None], cache=cache, keep=(True, False)
+        )
+        index = torch.arange(n, device=valid.device)
+        h = hidden[torch.arange(b, device=valid.device), torch.where(valid, index, -1).max(dim=1).values]
+        readable = torch.cat([valid, valid.new_zeros(b, steps)], dim=1)
+        next_position = layout.positions.max(dim=1).values + 1
+        tokens, scores, done = [], [], torch.zeros(b, dtype=torch.bool, device=valid.device)
+        lengths = torch.zeros(b, dtype=torch.int64, device=valid.device)
+        for step in range(steps):
+            if step < len(forced):
+                token = torch.full((b,), forced[step], dtype=torch.int64, device=valid.device)
+            else:
+                logits = self.text_logits(h).float()
+                if keep_logits:
+                    scores.append(logits)
+                if temperature > 0:
+                    probs = torch.softmax(logits / temperature, dim=-1)
+                    token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(valid.device)
+                else:
+                    token = logits.argmax(dim=-1)
+                token = torch.where(done, torch.zeros_like(token), token)
+                lengths += (~done & (token != eos_id)).long()
+                done |= token == eos_id
+                tokens.append(token)
+                if bool(done.all()) or step == steps - 1:
+                    break
+            slot = n + step
+            readable[:, slot] = True
+            (h, _) = self.transformer(
+                [self.transformer.embed_tokens(token[:, None]).to(prefix.dtype), None],
+                readable[:, None, : slot + 1],
+                (next_position + step)[:, None],
+                [None, None],
+                cache=cache,
+                offset=slot,
+                keep=(True, False),
+            )
+            h = h[:, 0]
+        return Generation(
+            tokens=torch.stack(tokens, dim=1),
+            lengths=lengths,
+            logits=torch.stack(scores, 1) if keep_logits else None,
+        )
