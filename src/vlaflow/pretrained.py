@@ -25,6 +25,7 @@ FORMAT = "vlaflow"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FAST_TOKENIZER_DIR = "fast_tokenizer"  # a model with FAST action tokens keeps its FAST tokenizer here
 
 
 @dataclass

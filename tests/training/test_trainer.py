@@ -40,10 +40,19 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "vlaflow.cli", "train", *args]
 
 
-def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("pi05_tiny", []),
+        # pi0.5 with FAST tokens and knowledge insulation (FAST tokenizer fitted at the start)
+        ("pi05_tiny", ["model_overrides.fast_vocab_size=64", "model_overrides.knowledge_insulation=true"]),
+        ("pi0fast_tiny", ["model_overrides.fast_vocab_size=64", "max_fast_tokens=24"]),
+    ],
+)
+def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path, config, extra):
     common = [
         "--config",
-        "pi05_tiny",
+        config,
         "--dataset",
         str(toy_dataset),
         "--steps",
@@ -51,6 +60,7 @@ def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path):
         "--save-every",
         "4",
         *FAST,
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     straight = tmp_path / "straight"
@@ -83,6 +93,9 @@ def test_killed_run_resumes_with_the_same_losses(toy_dataset, tmp_path):
     a, b = metrics(straight), metrics(killed)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [{k: v for k, v in r.items() if k.startswith("loss")} for r in a] == [
+        {k: v for k, v in r.items() if k.startswith("loss")} for r in b
+    ]
     assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
     final_a = load_pretrained(straight / "checkpoints" / "step_00000016").model.state_dict()
     final_b = load_pretrained(killed / "checkpoints" / "step_00000016").model.state_dict()

@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from vlaflow.data.lerobot import LeRobotDataset
-from vlaflow.data.pipeline import SourceConfig, SourceStats, save_stats, source_stats
-from vlaflow.data.stats import Mode, Normalizer, chunk_indices, to_delta
+from vlaflow.data.pipeline import (
+    SourceConfig,
+    SourceStats,
+    normalized_action_chunks,
+    save_stats,
+    source_stats,
+)
+from vlaflow.data.stats import Mode, Normalizer
 from vlaflow.tokenizers.fast import FastTokenizer
 
 STATS_FILE = "norm_stats.json"
@@ -77,11 +83,7 @@ def _source_chunks(
             f"{config.path}: holding out episodes needs at least 2, it has {dataset.num_episodes}"
         )
     stats = source_stats(dataset, config, horizon, cameras={})
-    states = dataset.column(config.state_key)
-    actions = dataset.column(config.action_key)[chunk_indices(dataset.episode_ends(), horizon)]
-    chunks = Normalizer(stats.actions, normalization).normalize(
-        to_delta(actions, states, config.delta_action_mask)
-    )
+    chunks = normalized_action_chunks(dataset, config, Normalizer(stats.actions, normalization), horizon)
     episodes = dataset.column("episode_index")[:, 0]
     unique = np.unique(episodes)
     count = min(max(1, round(holdout_fraction * len(unique))), len(unique) - 1)

@@ -14,6 +14,7 @@ samples of different kinds can share a batch and contribute only to their own lo
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,21 @@ from torch import Tensor
 from vlaflow.data.augment import augment_image
 from vlaflow.data.lerobot import LeRobotDataset
 from vlaflow.data.sampling import SampleKey
-from vlaflow.data.stats import FeatureStats, Mode, Normalizer, chunked_action_stats, feature_stats, to_delta
+from vlaflow.data.stats import (
+    FeatureStats,
+    Mode,
+    Normalizer,
+    chunk_indices,
+    chunked_action_stats,
+    feature_stats,
+    to_delta,
+)
 from vlaflow.data.transforms import pad_to_dim, resize_with_pad, to_model_range
 from vlaflow.models import Observation, VLAConfig
-from vlaflow.tokenizers import Tokenizer, tokenize_prompt
+from vlaflow.tokenizers import FastTokenizer, Tokenizer, action_target_ids, model_prompt
+from vlaflow.tokenizers.prompts import pad_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,7 +186,22 @@ class Source:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def sample(self, key: SampleKey, *, tokenizer: Tokenizer, augment: bool, seed: int) -> dict[str, Any]:
+    def normalized_chunks(self) -> np.ndarray:
+        """Every frame's action chunk (N, H, A) as the model is trained on it: delta-converted where
+        the mask says so and normalized (e.g. to fit a FAST tokenizer)."""
+        return normalized_action_chunks(
+            self.dataset, self.config, self.action_norm, self.model.action_horizon
+        )
+
+    def sample(
+        self,
+        key: SampleKey,
+        *,
+        tokenizer: Tokenizer,
+        augment: bool,
+        seed: int,
+        action_tokens: ActionTokens | None = None,
+    ) -> dict[str, Any]:
         frame = self.dataset[key.index]
         g = torch.Generator().manual_seed(int(np.random.default_rng([seed, key.n, 1]).integers(2**62)))
         size = self.model.vision.image_size
@@ -196,16 +223,14 @@ class Source:
         actions = to_delta(frame[self.config.action_key], raw_state, self.config.delta_action_mask)
         state = self.state_norm.normalize(raw_state)
         actions = self.action_norm.normalize(actions)
-        tokens, token_mask = tokenize_prompt(
-            tokenizer,
-            self.config.prompt or frame["task"],
-            state,
-            pi05=self.model.pi05,
-            max_len=self.model.max_token_len,
-        )
+        tokens, token_mask = model_prompt(self.model, tokenizer, self.config.prompt or frame["task"], state)
         action_mask = np.zeros((self.model.action_horizon, self.model.action_dim), dtype=bool)
         action_mask[:, : self.action_dim] = ~frame[f"{self.config.action_key}_is_pad"][:, None]
-        return {
+        sample = {}
+        if action_tokens is not None:
+            fast_tokens, fast_mask = action_tokens.target(tokenizer, actions)
+            sample = {"fast_tokens": torch.from_numpy(fast_tokens), "fast_mask": torch.from_numpy(fast_mask)}
+        return sample | {
             "images": images,
             "image_masks": masks,
             "state": pad_to_dim(torch.from_numpy(state), self.model.action_dim),
@@ -219,11 +244,47 @@ class Source:
         }
 
 
+def normalized_action_chunks(
+    dataset: LeRobotDataset, config: SourceConfig, normalizer: Normalizer, horizon: int
+) -> np.ndarray:
+    """(N, H, A) chunks of every frame (clamped at episode ends), delta-converted and normalized."""
+    states = dataset.column(config.state_key)
+    actions = dataset.column(config.action_key)[chunk_indices(dataset.episode_ends(), horizon)]
+    return normalizer.normalize(to_delta(actions, states, config.delta_action_mask))
+
+
+@dataclass(frozen=True)
+class ActionTokens:
+    """How a sample's normalized action chunk becomes its FAST target: FAST ids shifted by
+    `offset` (the text vocabulary's size) into the VLM vocabulary, as "Action: " ids "|" EOS,
+    padded to `max_len` (a longer target is cut, with a warning)."""
+
+    fast: FastTokenizer
+    offset: int
+    max_len: int
+
+    def target(self, tokenizer: Tokenizer, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fast_ids = self.fast.encode(chunk[:, : self.fast.action_dim])[0]
+        ids = action_target_ids(tokenizer, [self.offset + i for i in fast_ids])
+        if len(ids) > self.max_len:
+            log.warning("FAST target of %d tokens cut to max_fast_tokens=%d", len(ids), self.max_len)
+        return pad_tokens(ids, self.max_len)
+
+
 class TrainingSamples(torch.utils.data.Dataset):
     """Map-style dataset indexed by `SampleKey`s (from `StepSampler`)."""
 
-    def __init__(self, sources: list[Source], tokenizer: Tokenizer, *, augment: bool, seed: int):
+    def __init__(
+        self,
+        sources: list[Source],
+        tokenizer: Tokenizer,
+        *,
+        augment: bool,
+        seed: int,
+        action_tokens: ActionTokens | None = None,
+    ):
         self.sources, self.tokenizer, self.augment, self.seed = sources, tokenizer, augment, seed
+        self.action_tokens = action_tokens
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -235,7 +296,13 @@ class TrainingSamples(torch.utils.data.Dataset):
         torch.set_num_threads(1)
         try:
             source = self.sources[key.source]
-            return source.sample(key, tokenizer=self.tokenizer, augment=self.augment, seed=self.seed)
+            return source.sample(
+                key,
+                tokenizer=self.tokenizer,
+                augment=self.augment,
+                seed=self.seed,
+                action_tokens=self.action_tokens,
+            )
         finally:
             torch.set_num_threads(threads)
 
@@ -248,6 +315,8 @@ class Batch:
     has_actions: Tensor  # (B,) bool: the sample carries an action chunk
     ids: Tensor  # (B,) global sample numbers (seed per-sample randomness)
     sources: Tensor  # (B,) source index
+    fast_tokens: Tensor | None = None  # (B, L) the FAST action target, for models with FAST tokens
+    fast_mask: Tensor | None = None  # (B, L) bool: its real tokens (each carries cross-entropy)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -257,6 +326,8 @@ class Batch:
             has_actions=self.has_actions.to(device),
             ids=self.ids,
             sources=self.sources,
+            fast_tokens=None if self.fast_tokens is None else self.fast_tokens.to(device),
+            fast_mask=None if self.fast_mask is None else self.fast_mask.to(device),
         )
 
 
@@ -278,6 +349,8 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         has_actions=stack("has_actions"),
         ids=stack("id"),
         sources=stack("source"),
+        fast_tokens=stack("fast_tokens") if "fast_tokens" in samples[0] else None,
+        fast_mask=stack("fast_mask") if "fast_mask" in samples[0] else None,
     )
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlaflow.models import Observation, VLAConfig
-from vlaflow.tokenizers import Tokenizer, tokenize_prompt
+from vlaflow.tokenizers import Tokenizer, model_prompt
 
 ArrayLike = np.ndarray | Tensor
 
@@ -102,10 +102,7 @@ def build_observation(
         raise ValueError(f"prompts: expected a list of {batch} strings (one per sample)")
     model_images, masks = prepare_images(images, config, batch)
     tokens, token_masks = zip(
-        *(
-            tokenize_prompt(tokenizer, p, s.numpy(), pi05=config.pi05, max_len=config.max_token_len)
-            for p, s in zip(prompts, state, strict=True)
-        ),
+        *(model_prompt(config, tokenizer, p, s.numpy()) for p, s in zip(prompts, state, strict=True)),
         strict=True,
     )
     return Observation(

@@ -15,7 +15,7 @@ from vlaflow.inference.policy import Policy
 from vlaflow.models import VLA, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.pretrained import load_pretrained
-from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer, tokenize_prompt
+from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer, model_prompt
 
 
 @dataclass
@@ -68,12 +68,8 @@ def run_policy_example(policy: Policy, *, prompt: str, batch_size: int, seed: in
             for j, camera in enumerate(stats.cameras.values())
         }
         frames.append({"images": images, "state": stats.state.mean.astype(np.float32), "prompt": prompt})
-    tokens = tokenize_prompt(
-        policy.tokenizer,
-        prompt,
-        policy.state_norm.normalize(stats.state.mean),
-        pi05=policy.model.config.pi05,
-        max_len=policy.model.config.max_token_len,
+    tokens = model_prompt(
+        policy.model.config, policy.tokenizer, prompt, policy.state_norm.normalize(stats.state.mean)
     )[1]
     start = time.perf_counter()
     actions = policy.infer_batch(frames)

@@ -8,10 +8,16 @@ samples the flow and undoes normalization and deltas. A raw observation is a dic
 
 where cameras are named as in the training dataset (e.g. `observation.images.top`) or by model
 slot (`base_0_rgb`); cameras the robot lacks are simply left out.
+
+A model without an action expert (pi0-FAST) decodes FAST tokens instead of sampling the flow. A
+sequence that does not decode to a whole chunk is never silently turned into actions: the policy
+repeats its last decoded chunk (the mean action, normalized zero, before it has one), counts the
+failure in `fast_failures` and logs it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,10 @@ import torch
 from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute
 from vlaflow.data.transforms import build_observation
-from vlaflow.models import VLA
-from vlaflow.pretrained import load_pretrained, read_config
-from vlaflow.tokenizers import Tokenizer
+from vlaflow.models import VLA, Observation
+from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
+from vlaflow.tokenizers import FastTokenizer, Tokenizer
+from vlaflow.tokenizers.prompts import ACTION_START
 
 
 def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> SourceStats:
@@ -42,6 +49,9 @@ def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> Sourc
     return SourceStats.from_dict(all_stats[source])
 
 
+log = logging.getLogger(__name__)
+
+
 class Policy:
     def __init__(
         self,
@@ -52,7 +62,13 @@ class Policy:
         *,
         num_steps: int = 10,
         seed: int = 0,
+        fast: FastTokenizer | None = None,
+        max_fast_tokens: int = 64,
     ):
+        if not model.has_expert and fast is None:
+            raise ValueError("a model without an action expert needs its FAST tokenizer to act")
+        self.fast, self.max_fast_tokens, self.fast_failures = fast, max_fast_tokens, 0
+        self._last_fast_chunk: np.ndarray | None = None
         self.model, self.tokenizer, self.stats = model.eval(), tokenizer, stats
         self.state_norm = Normalizer(stats.state, normalization)
         self.action_norm = Normalizer(stats.actions, normalization)
@@ -76,6 +92,8 @@ class Policy:
         loaded = load_pretrained(checkpoint, device=device)
         if loaded.tokenizer is None:
             raise ValueError(f"{checkpoint} names no tokenizer")
+        fast_dir = Path(checkpoint) / FAST_TOKENIZER_DIR
+        train_config = loaded.metadata.get("train_config", {})
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -83,6 +101,8 @@ class Policy:
             loaded.metadata["normalization"],
             num_steps=num_steps,
             seed=seed,
+            fast=FastTokenizer.load(fast_dir) if fast_dir.is_dir() else None,
+            max_fast_tokens=int(train_config.get("max_fast_tokens", 64)),
         )
 
     @property
@@ -126,10 +146,42 @@ class Policy:
             prompts=[str(o.get("prompt", "")) for o in observations],
         ).to(self.device)
         c = self.model.config
-        noise = torch.randn(len(observations), c.action_horizon, c.action_dim, generator=self.generator)
-        actions = self.model.sample_actions(obs, noise=noise.to(self.device), num_steps=self.num_steps)
-        actions = self.action_norm.unnormalize(actions[..., : self.action_dim].cpu().numpy())
+        if self.model.has_expert:
+            noise = torch.randn(len(observations), c.action_horizon, c.action_dim, generator=self.generator)
+            sampled = self.model.sample_actions(obs, noise=noise.to(self.device), num_steps=self.num_steps)
+            normalized = sampled[..., : self.action_dim].cpu().numpy()
+        else:
+            normalized = self._decode_fast(obs)
+        actions = self.action_norm.unnormalize(normalized)
         return to_absolute(actions, raw_state, self.stats.delta_action_mask)
+
+    def _decode_fast(self, obs: Observation) -> np.ndarray:
+        """Normalized chunks (B, H, action_dim) from FAST tokens decoded after "Action: "."""
+        c = self.model.config
+        out = self.model.generate(
+            obs,
+            max_new_tokens=self.max_fast_tokens,
+            eos_id=self.tokenizer.eos_id,
+            forced=self.tokenizer.encode(ACTION_START),
+        )
+        sequences = []
+        for row, length in zip(out.tokens.tolist(), out.lengths.tolist(), strict=True):
+            ids = row[:length]
+            end = next((i for i, t in enumerate(ids) if not c.vocab_size <= t < c.embedding_rows), len(ids))
+            sequences.append([t - c.vocab_size for t in ids[:end]])
+        chunks, ok = self.fast.decode(sequences)
+        chunks = chunks[..., : self.action_dim]
+        if not ok.all():
+            self.fast_failures += int((~ok).sum())
+            log.warning(
+                "%d of %d FAST sequences did not decode; repeating the last chunk", (~ok).sum(), len(ok)
+            )
+            fallback = self._last_fast_chunk
+            if fallback is None:
+                fallback = np.zeros((c.action_horizon, self.action_dim), dtype=np.float32)
+            chunks[~ok] = fallback
+        self._last_fast_chunk = chunks[ok][-1] if ok.any() else self._last_fast_chunk
+        return chunks.astype(np.float32)
 
     def __call__(self, observation: Mapping[str, Any]) -> np.ndarray:
         """(H, action_dim) actions for one raw observation."""

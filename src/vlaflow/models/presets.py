@@ -65,6 +65,19 @@ def _tiny(pi05: bool) -> VLAConfig:
     )
 
 
+TINY_FAST_VOCAB = 256
+FAST_VOCAB = 1024
+
+
+def _fast(config: VLAConfig, fast_vocab_size: int, *, expert: bool, insulate: bool = False) -> VLAConfig:
+    """pi0-FAST (a VLM without an action expert) or pi0.5 with FAST tokens and knowledge insulation."""
+    return config.replace(
+        expert=config.expert if expert else None,
+        fast_vocab_size=fast_vocab_size,
+        knowledge_insulation=insulate,
+    )
+
+
 PRESETS = {
     "pi0": lambda: reference_config(pi05=False),
     "pi05": lambda: reference_config(pi05=True),
@@ -76,6 +89,11 @@ PRESETS = {
     ),
     "pi0_tiny": lambda: _tiny(pi05=False),
     "pi05_tiny": lambda: _tiny(pi05=True),
+    # pi0-FAST and the knowledge-insulation recipe (the expert-less model is also its first stage).
+    "pi0fast": lambda: _fast(reference_config(pi05=True), FAST_VOCAB, expert=False),
+    "pi05_ki": lambda: _fast(reference_config(pi05=True), FAST_VOCAB, expert=True, insulate=True),
+    "pi0fast_tiny": lambda: _fast(_tiny(pi05=True), TINY_FAST_VOCAB, expert=False),
+    "pi05_ki_tiny": lambda: _fast(_tiny(pi05=True), TINY_FAST_VOCAB, expert=True, insulate=True),
 }
 
 

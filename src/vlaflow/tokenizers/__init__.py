@@ -8,7 +8,7 @@ from vlaflow.tokenizers.base import Tokenizer
 from vlaflow.tokenizers.embedded import EmbeddedTokenizer
 from vlaflow.tokenizers.fast import FastIdRange, FastTokenizer
 from vlaflow.tokenizers.paligemma import PaliGemmaTokenizer
-from vlaflow.tokenizers.prompts import discretize_state, tokenize_prompt
+from vlaflow.tokenizers.prompts import action_target_ids, discretize_state, model_prompt, tokenize_prompt
 
 
 def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
@@ -27,7 +27,9 @@ __all__ = [
     "FastTokenizer",
     "PaliGemmaTokenizer",
     "Tokenizer",
+    "action_target_ids",
     "discretize_state",
     "load_tokenizer",
+    "model_prompt",
     "tokenize_prompt",
 ]

@@ -2,6 +2,8 @@
 
 pi0:   BOS + cleaned prompt + "\\n"            (the newline encoded separately, as "start of answer")
 pi0.5: BOS + "Task: {prompt}, State: {b1 b2 ... bN};\\nAction: "
+FAST:  BOS + "Task: {prompt}, State: {b1 b2 ... bN};\\n" (models with FAST tokens: the action
+       target that follows is "Action: " + FAST ids + "|" + EOS, the reference's pi0-FAST layout)
 where the prompt is stripped with `_` and newlines replaced by spaces, and b_i are the state's
 256-bin indices. Tokens are padded with id 0 (mask False) or truncated to `max_len`.
 """
@@ -12,6 +14,7 @@ import logging
 
 import numpy as np
 
+from vlaflow.models import VLAConfig
 from vlaflow.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,18 +38,48 @@ def discretize_state(state: np.ndarray) -> np.ndarray:
     return np.clip(bins, 0, STATE_BINS - 1)
 
 
-def pi05_prompt_text(prompt: str, state: np.ndarray) -> str:
+ACTION_START = "Action: "
+ACTION_END = "|"
+
+
+def pi05_prompt_text(prompt: str, state: np.ndarray, *, fast: bool = False) -> str:
     state_text = " ".join(str(b) for b in discretize_state(state))
-    return f"Task: {clean_prompt(prompt)}, State: {state_text};\nAction: "
+    return f"Task: {clean_prompt(prompt)}, State: {state_text};\n" + ("" if fast else ACTION_START)
 
 
-def prompt_token_ids(tokenizer: Tokenizer, prompt: str, state: np.ndarray | None, *, pi05: bool) -> list[int]:
-    """Unpadded ids of the model's prompt; pi0.5 needs the normalized raw-dimension `state`."""
-    if pi05:
+def prompt_token_ids(
+    tokenizer: Tokenizer, prompt: str, state: np.ndarray | None, *, pi05: bool, fast: bool = False
+) -> list[int]:
+    """Unpadded ids of the model's prompt; pi0.5 and FAST need the normalized raw-dimension `state`."""
+    if pi05 or fast:
         if state is None:
             raise ValueError("pi0.5 prompts include the discretized state: pass the normalized state (N,)")
-        return tokenizer.encode(pi05_prompt_text(prompt, state), add_bos=True)
+        return tokenizer.encode(pi05_prompt_text(prompt, state, fast=fast), add_bos=True)
     return tokenizer.encode(clean_prompt(prompt), add_bos=True) + tokenizer.encode("\n")
+
+
+def action_target_ids(tokenizer: Tokenizer, fast_vlm_ids: list[int]) -> list[int]:
+    """The FAST action target: "Action: " + FAST ids (in the VLM vocabulary) + "|" + EOS."""
+    return (
+        tokenizer.encode(ACTION_START)
+        + list(fast_vlm_ids)
+        + tokenizer.encode(ACTION_END)
+        + [tokenizer.eos_id]
+    )
+
+
+def model_prompt(
+    config: VLAConfig, tokenizer: Tokenizer, prompt: str, state: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The padded prompt in the format `config` was built for (pi0, pi0.5 or with FAST tokens)."""
+    return tokenize_prompt(
+        tokenizer,
+        prompt,
+        state,
+        pi05=config.pi05,
+        fast=config.fast_vocab_size > 0,
+        max_len=config.max_token_len,
+    )
 
 
 def pad_tokens(ids: list[int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +93,12 @@ def pad_tokens(ids: list[int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tokenize_prompt(
-    tokenizer: Tokenizer, prompt: str, state: np.ndarray | None, *, pi05: bool, max_len: int
+    tokenizer: Tokenizer,
+    prompt: str,
+    state: np.ndarray | None,
+    *,
+    pi05: bool,
+    max_len: int,
+    fast: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    return pad_tokens(prompt_token_ids(tokenizer, prompt, state, pi05=pi05), max_len)
+    return pad_tokens(prompt_token_ids(tokenizer, prompt, state, pi05=pi05, fast=fast), max_len)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,13 @@ def save_checkpoint(
     params: dict[str, Tensor] | None = None,
     ema: dict[str, Tensor] | None = None,
     keep_last: int = 3,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write one checkpoint atomically, then delete all but the newest `keep_last`.
 
     `export`: the weights to run, with our plain parameter names; `config`: the `config.json`
     body (model config, tokenizer spec, metadata); `params`/`ema`: training state when it is not
-    `export` itself.
+    `export` itself; `write_extra(dir)` adds files of its own (e.g. a FAST tokenizer).
     """
     root = checkpoints_root(output)
     root.mkdir(parents=True, exist_ok=True)
@@ -84,12 +86,15 @@ def save_checkpoint(
     if ema is not None:
         save_file(_contiguous(ema), str(tmp / EMA_FILE))
     torch.save(optimizer, tmp / OPTIMIZER_FILE)
+    if write_extra is not None:
+        write_extra(tmp)
     (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
     (tmp / CONFIG_FILE).write_text(json.dumps(body, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
     if final.exists():  # a re-run of the same step after a resume
         shutil.rmtree(final)
     os.rename(tmp, final)

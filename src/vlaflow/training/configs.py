@@ -9,6 +9,14 @@ Named configs (`vlaflow train --config NAME`):
   weights and activation checkpointing; start from converted weights with `init=DIR`.
 * `pi05_full_lora`: like `pi05_full`, with the vision tower frozen and LoRA on the VLM (rank 16)
   and the action expert (rank 32), as the reference's low-memory fine-tuning configs.
+* `pi0fast_tiny`, `pi0fast_full`: pi0-FAST, a VLM without an action expert trained with
+  cross-entropy on FAST action tokens (a FAST tokenizer is fitted on the training data unless
+  `fast_tokenizer=DIR` names one, e.g. from `vlaflow fast fit`).
+* `pi05_ki_tiny_stage1`, `pi05_ki_full_stage1`: the knowledge-insulation recipe's first stage, the
+  same VLM-only model (alpha = 0: text and FAST targets only).
+* `pi05_ki_tiny_stage2`, `pi05_ki_full_stage2`: its second stage, from the stage-1 checkpoint
+  (`init=DIR`): a freshly initialized action expert, knowledge insulation, loss = CE(FAST) +
+  10 * flow.
 
 Overrides are dotted paths with JSON values (bare words are strings): `batch_size=8`,
 `optim.peak_lr=1e-4`, `model_overrides.action_horizon=10`, `freeze=["vision"]`. Every value is
@@ -71,6 +79,14 @@ class TrainConfig:
     cameras: dict[str, str] | None = _setting(None, "model image slot -> dataset camera (default: in order)")
     delta_action_mask: list[bool] | None = _setting(None, "action dims trained relative to the state")
     prompt: str | None = _setting(None, "prompt for every frame instead of the dataset's tasks")
+    flow_weight: float = _setting(
+        1.0, "alpha: weight of the flow term next to the text and FAST cross-entropies"
+    )
+    fast_tokenizer: str | None = _setting(
+        None, "FAST tokenizer directory (default: fitted on the training data)"
+    )
+    fast_scale: float = _setting(10.0, "DCT scale of a FAST tokenizer fitted at the start of training")
+    max_fast_tokens: int = _setting(64, "FAST action target length (Action: + tokens + | + EOS), padded")
     val_fraction: float = _setting(0.0, "fraction of each dataset's episodes held out for validation")
     val_episodes: list[int] | dict[str, list[int]] | None = _setting(
         None, "held-out episode indices: a list (one dataset) or {dataset name: [...]}"
@@ -204,8 +220,25 @@ def _full(model: str, **changes: Any) -> TrainConfig:
     )
 
 
+def _stage2(config: TrainConfig, expert: str) -> TrainConfig:
+    """The recipe's second stage: start from a stage-1 (VLM-only) checkpoint (`init=DIR`), add a
+    fresh action expert, flow weight alpha = 10, knowledge insulation on."""
+    from vlaflow.models.presets import PRESETS  # the expert's size, by preset
+
+    expert_config = dataclasses.asdict(PRESETS[expert]().expert)
+    config.model_overrides = {"expert": expert_config, "knowledge_insulation": True}
+    config.flow_weight = 10.0
+    return TrainConfig.from_dict(config.to_dict())
+
+
 CONFIGS = {
     "pi05_tiny": lambda: _tiny("pi05_tiny"),
+    "pi0fast_tiny": lambda: _tiny("pi0fast_tiny"),
+    "pi05_ki_tiny_stage1": lambda: _tiny("pi0fast_tiny"),
+    "pi05_ki_tiny_stage2": lambda: _stage2(_tiny("pi05_ki_tiny"), "pi05_ki_tiny"),
+    "pi0fast_full": lambda: _full("pi0fast"),
+    "pi05_ki_full_stage1": lambda: _full("pi0fast"),
+    "pi05_ki_full_stage2": lambda: _stage2(_full("pi05_ki"), "pi05_ki"),
     "pi0_tiny": lambda: _tiny("pi0_tiny"),
     "pi05_full": lambda: _full("pi05"),
     "pi0_full": lambda: _full("pi0"),

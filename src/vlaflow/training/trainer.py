@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from vlaflow.data.lerobot import LeRobotMeta
 from vlaflow.data.pipeline import (
+    ActionTokens,
     Batch,
     Source,
     SourceConfig,
@@ -39,8 +40,9 @@ from vlaflow.data.pipeline import (
 from vlaflow.data.sampling import SampleKey, StepSampler, mixture_weights
 from vlaflow.models import VLA, VLAConfig, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
-from vlaflow.pretrained import load_pretrained
-from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, Tokenizer
+from vlaflow.models.vla import FLOAT32_HEADS
+from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained
+from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer, PaliGemmaTokenizer, Tokenizer
 from vlaflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vlaflow.training.configs import TrainConfig
 from vlaflow.training.distributed import (
@@ -54,6 +56,7 @@ from vlaflow.training.distributed import (
     shut_down,
 )
 from vlaflow.training.lora import apply_lora, freeze, lora_scales, merged_state
+from vlaflow.training.losses import batch_targets, term_sums, weighted_total
 from vlaflow.training.optim import EMA, build_optimizer, learning_rate
 
 log = logging.getLogger(__name__)
@@ -181,11 +184,19 @@ class Trainer:
                     )
                 )
         self._val_batches: list[Batch] | None = None
+        self.loss_weights = {"flow": config.flow_weight}
+        self.action_tokens = self._action_tokens(existing if self.state is not None else None)
+        if model_config.knowledge_insulation and self.action_tokens is None:
+            raise ValueError(
+                "knowledge_insulation without a VLM loss would freeze the VLM (the flow loss cannot "
+                "reach it): give the model FAST tokens (model_overrides.fast_vocab_size) or train "
+                "without insulation"
+            )
 
         torch.manual_seed(config.seed)
         model = VLA(model_config)
         if pretrained is not None:
-            model.load_state_dict(pretrained.model.state_dict())
+            load_initial_weights(model, pretrained.model)
         freeze(model, config.freeze)
         if config.lora:
             apply_lora(model, config.lora)
@@ -225,6 +236,35 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------------
 
+    def _action_tokens(self, checkpoint: Path | None) -> ActionTokens | None:
+        """The FAST target builder of a model with FAST tokens: the tokenizer of the checkpoint being
+        resumed, else `fast_tokenizer=DIR`, else the `init` model's, else one fitted here on the
+        training chunks (vocabulary `fast_vocab_size`, so a tiny run needs no separate fit)."""
+        m, c = self.model_config, self.config
+        if not m.fast_vocab_size:
+            return None
+        init_dir = Path(c.init) / FAST_TOKENIZER_DIR if c.init else None
+        if checkpoint is not None and (checkpoint / FAST_TOKENIZER_DIR).is_dir():
+            fast = FastTokenizer.load(checkpoint / FAST_TOKENIZER_DIR)
+        elif c.fast_tokenizer:  # e.g. the output of `vlaflow fast fit`
+            fast = FastTokenizer.load(c.fast_tokenizer)
+        elif init_dir is not None and init_dir.is_dir():
+            fast = FastTokenizer.load(init_dir)
+        else:
+            dims = {s.action_dim for s in self.sources}
+            if len(dims) != 1:
+                raise ValueError(
+                    f"fitting one FAST tokenizer needs one action dimension; the datasets have {dims}"
+                )
+            chunks = np.concatenate([s.normalized_chunks() for s in self.sources])
+            fast = FastTokenizer.fit(chunks, vocab_size=m.fast_vocab_size, scale=c.fast_scale)
+        if fast.vocab_size > m.fast_vocab_size or fast.action_horizon != m.action_horizon:
+            raise ValueError(
+                f"FAST tokenizer (vocabulary {fast.vocab_size}, horizon {fast.action_horizon}) does not "
+                f"fit the model (fast_vocab_size {m.fast_vocab_size}, action_horizon {m.action_horizon})"
+            )
+        return ActionTokens(fast=fast, offset=m.vocab_size, max_len=c.max_fast_tokens)
+
     def _loader(self) -> torch.utils.data.DataLoader:
         c = self.config
         sizes = [len(s) for s in self.sources]
@@ -238,7 +278,9 @@ class Trainer:
             rank=self.runtime.rank,
             world=self.runtime.world,
         )
-        samples = TrainingSamples(self.sources, self.tokenizer, augment=c.augment, seed=c.seed)
+        samples = TrainingSamples(
+            self.sources, self.tokenizer, augment=c.augment, seed=c.seed, action_tokens=self.action_tokens
+        )
         return torch.utils.data.DataLoader(
             samples,
             batch_sampler=sampler,
@@ -249,28 +291,37 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------
 
-    def _step(self, step: int, batch: Batch) -> tuple[float, float]:
-        c, device = self.config, self.runtime.device
-        batch = batch.to(device)
-        noise, t = flow_inputs(
-            batch.ids, self.model_config.action_horizon, self.model_config.action_dim, c.seed
+    def _losses(self, module: nn.Module, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Every loss term's (sum, count) on this process's batch (see `training.losses`)."""
+        c, device, m = self.config, self.runtime.device, self.model_config
+        targets = batch_targets(
+            batch, flow=m.expert is not None, reference_reduction=c.loss_reduction == "reference"
         )
+        noise, t = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+            losses = module(batch.observation, targets, noise.to(device), t.to(device))
+        return term_sums(losses, targets)
+
+    def _step(self, step: int, batch: Batch) -> tuple[dict[str, float], float]:
+        c = self.config
+        batch = batch.to(self.runtime.device)
         lr = learning_rate(step, c.optim, c.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
-            per_element = self.step_module(batch.observation, batch.actions, noise.to(device), t.to(device))
-        mask = self._loss_mask(batch, per_element)
-        total = (per_element.float() * mask).sum()
-        count = all_reduce_sum(mask.sum().float(), self.runtime).clamp(min=1.0)
-        (total * self.runtime.world / count).backward()
+        total, means = weighted_total(
+            self._losses(self.step_module, batch),
+            self.loss_weights,
+            lambda x: all_reduce_sum(x, self.runtime),
+        )
+        (total * self.runtime.world).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), c.optim.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.params)
-        loss = all_reduce_sum(total.detach(), self.runtime) / count
-        return loss.item(), float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        return _loss_row(means, self.loss_weights), float(
+            grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        )
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -284,7 +335,13 @@ class Trainer:
                 for frame in np.unique(np.linspace(0, len(source) - 1, per_source).round().astype(int)):
                     keys.append(SampleKey(n, i, int(frame)))
                     n += 1
-            samples = TrainingSamples(self.val_sources, self.tokenizer, augment=False, seed=self.config.seed)
+            samples = TrainingSamples(
+                self.val_sources,
+                self.tokenizer,
+                augment=False,
+                seed=self.config.seed,
+                action_tokens=self.action_tokens,
+            )
             size = self.config.batch_size
             self._val_batches = [
                 collate([samples[k] for k in keys[i : i + size]]) for i in range(0, len(keys), size)
@@ -293,34 +350,28 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        """Flow loss on the held-out frames (reduced as in training), and optionally the normalized
-        MSE of sampled action chunks against the demonstrations (open loop)."""
+        """Every loss term on the held-out frames (reduced as in training), and optionally the
+        normalized MSE of sampled action chunks against the demonstrations (open loop)."""
         c, device, m = self.config, self.runtime.device, self.model_config
-        loss_sum = loss_count = action_sum = action_count = 0.0
+        totals: dict[str, list[float]] = {}
+        action_sum = action_count = 0.0
         for batch in self._validation_batches():
             batch = batch.to(device)
-            noise, t = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed)
-            noise, t = noise.to(device), t.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
-                per_element = self.model(batch.observation, batch.actions, noise, t).float()
-                sampled = (
-                    self.model.sample_actions(batch.observation, noise=noise) if c.val_action_error else None
-                )
-            mask = self._loss_mask(batch, per_element)
-            loss_sum += float((per_element * mask).sum())
-            loss_count += float(mask.sum())
-            if sampled is not None:
+            for term, (value, count) in self._losses(self.model, batch).items():
+                acc = totals.setdefault(term, [0.0, 0.0])
+                acc[0] += float(value)
+                acc[1] += float(count)
+            if c.val_action_error and m.expert is not None:
+                noise, _ = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+                    sampled = self.model.sample_actions(batch.observation, noise=noise.to(device))
                 action_sum += float(((sampled.float() - batch.actions) ** 2 * batch.action_mask).sum())
                 action_count += float(batch.action_mask.sum())
-        row = {"val_loss": loss_sum / max(loss_count, 1.0)}
-        if c.val_action_error:
+        means = {term: torch.tensor(value / max(count, 1.0)) for term, (value, count) in totals.items()}
+        row = {f"val_{k}": v for k, v in _loss_row(means, self.loss_weights).items()}
+        if c.val_action_error and m.expert is not None:
             row["val_action_mse"] = action_sum / max(action_count, 1.0)
         return row
-
-    def _loss_mask(self, batch: Batch, per_element: Tensor) -> Tensor:
-        if self.config.loss_reduction == "masked":
-            return batch.action_mask
-        return batch.has_actions[:, None, None].expand_as(per_element)
 
     # ---- checkpoints and logs ---------------------------------------------------------------
 
@@ -342,6 +393,7 @@ class Trainer:
                 ema=ema,
                 optimizer=optimizer,
                 config=self._checkpoint_config(step),
+                write_extra=self._write_fast_tokenizer,
                 trainer_state={
                     "seed": self.config.seed,
                     "samples_seen": step * self.config.batch_size,
@@ -352,6 +404,10 @@ class Trainer:
         if self.runtime.world > 1:
             torch.distributed.barrier()
         return path
+
+    def _write_fast_tokenizer(self, directory: Path) -> None:
+        if self.action_tokens is not None:
+            self.action_tokens.fast.save(directory / FAST_TOKENIZER_DIR)
 
     def _checkpoint_config(self, step: int) -> dict[str, Any]:
         return {
@@ -395,7 +451,8 @@ class Trainer:
         tick, done_since_log = time.perf_counter(), 0
         self.model.train()
         for step, batch in zip(range(self.start, c.steps), self._loader(), strict=False):
-            loss, grad_norm = self._step(step, batch)
+            terms, grad_norm = self._step(step, batch)
+            loss = terms["loss"]
             number = step + 1
             losses.append((number, loss))
             done_since_log += 1
@@ -408,7 +465,7 @@ class Trainer:
                 elapsed = time.perf_counter() - tick
                 row = {
                     "step": number,
-                    "loss": loss,
+                    **terms,
                     "lr": learning_rate(step, c.optim, c.steps),
                     "grad_norm": grad_norm,
                     "samples_per_s": done_since_log * c.batch_size / max(elapsed, 1e-9),
@@ -460,6 +517,42 @@ def _tensorboard(output: Path) -> Any:
     return SummaryWriter(str(output / "tensorboard"))
 
 
+def load_initial_weights(model: VLA, initial: VLA) -> None:
+    """`initial`'s weights into `model`. A model that adds an action expert to a VLM-only one (the
+    recipe's second stage) keeps its freshly initialized expert and flow heads; FAST embedding rows
+    the initial model lacks stay fresh too. Anything else missing or mis-shaped is an error."""
+    state = initial.state_dict()
+    own = model.state_dict()
+    if initial.config.expert is None and model.config.expert is not None:
+        fresh = [k for k in own if k not in state]
+        bad = [
+            k
+            for k in fresh
+            if not (".experts.1." in k or k.startswith(FLOAT32_HEADS) or k == "transformer.norms.1")
+        ]
+        bad = [k for k in bad if not k.startswith("transformer.norms.1.")]
+        if bad:
+            raise ValueError(f"init checkpoint lacks {bad[:5]}")
+    embed = "transformer.embed.weight"
+    if embed in state and state[embed].shape[0] < own[embed].shape[0]:
+        rows = own[embed].clone()
+        rows[: state[embed].shape[0]] = state[embed]
+        state[embed] = rows
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (initial.config.expert is not None and missing):
+        raise ValueError(
+            f"init checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _loss_row(means: dict[str, Tensor], weights: dict[str, float]) -> dict[str, float]:
+    """`loss` (the weighted sum that is minimized) and, with several terms, `loss_<term>` each."""
+    row = {"loss": float(sum(weights.get(t, 1.0) * v for t, v in means.items()))}
+    if len(means) > 1 or "flow" not in means:
+        row |= {f"loss_{t}": float(v) for t, v in means.items()}
+    return row
+
+
 def plot_losses(metrics: Path, out: Path) -> None:
     """Training loss (and validation losses, where logged) and the learning rate over steps."""
     import matplotlib
@@ -472,11 +565,23 @@ def plot_losses(metrics: Path, out: Path) -> None:
         return
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train (batch)")
-    for key, label in (("val_loss", "validation"), ("val_action_mse", "validation action MSE (sampled)")):
+    terms = [f"loss_{t}" for t in ("text", "fast", "flow")]
+    for key in terms:
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
+            ax_loss.plot(
+                *zip(*points, strict=True), linewidth=0.8, label=f"train {key.removeprefix('loss_')}"
+            )
+    for key in ("val_loss", *[f"val_{t}" for t in terms], "val_action_mse"):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            label = "validation" + (
+                f" {key.removeprefix('val_').removeprefix('loss_')}" if key != "val_loss" else ""
+            )
             ax_loss.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
-    ax_loss.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="loss")
+    ax_loss.set(
+        xlabel="step", ylabel="loss (text/FAST: cross-entropy, flow: MSE)", yscale="log", title="loss"
+    )
     ax_loss.legend()
     ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")

@@ -1,0 +1,62 @@
+"""One reduction for every kind of sample: each loss term is averaged over exactly the elements
+that have it, across the whole global batch, then the terms are weighted and summed.
+
+loss = mean(CE over text-target tokens) + mean(CE over FAST tokens) + flow_weight * mean(flow
+squared error over real action elements). A sample without a term (a web sample has no action
+chunk, a flow-only model no FAST tokens) adds nothing to that term's sum or count, so mixing kinds
+in a batch changes no term's scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from vlaflow.data.pipeline import Batch
+from vlaflow.models import Losses, Targets
+
+TERMS = ("text", "fast", "flow")
+
+
+def batch_targets(batch: Batch, *, flow: bool, reference_reduction: bool) -> Targets:
+    """What a training batch asks the model to predict. `reference_reduction` averages the flow
+    term over every element of the chunks (as openpi does), not only real ones."""
+    action_mask = batch.action_mask
+    if reference_reduction:
+        action_mask = batch.has_actions[:, None, None].expand_as(batch.action_mask)
+    return Targets(
+        fast_tokens=batch.fast_tokens,
+        fast_mask=batch.fast_mask,
+        fast_loss=batch.fast_mask,
+        actions=batch.actions if flow else None,
+        action_mask=action_mask if flow else None,
+    )
+
+
+def term_sums(losses: Losses, targets: Targets) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per present term: (sum of its counted elements, their number), both float32 scalars."""
+    masks = {"text": targets.text_loss, "fast": targets.fast_loss, "flow": targets.action_mask}
+    out = {}
+    for term in TERMS:
+        values = getattr(losses, term)
+        if values is not None:
+            mask = masks[term].float()
+            out[term] = ((values.float() * mask).sum(), mask.sum())
+    return out
+
+
+def weighted_total(
+    sums: dict[str, tuple[Tensor, Tensor]], weights: dict[str, float], global_sum: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """(the loss to differentiate, each term's global mean). `global_sum` adds a scalar over all
+    processes; the returned total is this process's share, so summing gradients over processes
+    (DDP) gives the gradient of the global loss."""
+    total = torch.zeros((), dtype=torch.float32, device=next(iter(sums.values()))[0].device)
+    means = {}
+    for term, (value, count) in sums.items():
+        count = global_sum(count.detach()).clamp(min=1.0)
+        total = total + weights.get(term, 1.0) * value / count
+        means[term] = global_sum(value.detach()) / count
+    return total, means
