@@ -357,3 +357,10 @@ def test_the_runtime_pins_its_thread_count():
 
     before = torch.get_num_threads()
     assert init_runtime("cpu").threads == before == torch.get_num_threads()
+
+
+def test_model_overrides_add_to_a_named_configs_own():
+    config = apply_overrides(named_config("pi05_ki_tiny_stage2"), ['model_overrides={"action_horizon": 4}'])
+    assert config.model_overrides["action_horizon"] == 4
+    assert config.model_overrides["knowledge_insulation"] is True
+    assert config.model_overrides["expert"] is not None

@@ -50,7 +50,7 @@ def _setting(default: Any, help: str) -> Any:
 class TrainConfig:
     model: str = _setting("pi05_tiny", "model preset to build when no init checkpoint is given")
     model_overrides: dict[str, Any] = _setting(
-        {}, "fields of the model config to replace, e.g. action_horizon"
+        {}, "model config fields to replace, e.g. action_horizon (a JSON object adds to the config's)"
     )
     init: str | None = _setting(None, "vlaflow model directory to start from (e.g. converted openpi weights)")
     tokenizer: str | None = _setting(
@@ -278,7 +278,10 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if path[0] not in data or (len(path) > 1 and path[0] == "optim" and path[-1] not in target):
             known = sorted(data) if len(path) == 1 else sorted(target)
             raise ValueError(f"override {item!r}: unknown setting {key!r}; known: {known}")
-        target[path[-1]] = _parse_value(key, text)
+        value = _parse_value(key, text)
+        if key == "model_overrides" and isinstance(value, dict) and isinstance(target[key], dict):
+            value = {**target[key], **value}  # adds to a named config's model changes, never drops them
+        target[path[-1]] = value
     return TrainConfig.from_dict(data)
 
 
