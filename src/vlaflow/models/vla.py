@@ -219,12 +219,7 @@ class VLA(nn.Module):
             raise ValueError(
                 f"actions: expected {expected} (B, action_horizon, action_dim), got {tuple(actions.shape)}"
             )
-        actions = actions.float()
-        noise = torch.randn_like(actions) if noise is None else noise.float()
-        time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
-        t = time[:, None, None]
-        noisy = t * noise + (1 - t) * actions
-        return F.mse_loss(self.velocity(obs, noisy, time), noise - actions, reduction="none")
+        return self.compute_losses(obs, Targets(actions=actions), noise=noise, time=time).flow
 
     def _need_expert(self, what: str) -> None:
         if not self.has_expert:
