@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vlaflow.models.config import VLAConfig
 from vlaflow.models.gemma import AdaRMSNorm, RMSNorm
-from vlaflow.models.mixture import KVCache, MixtureTransformer
+from vlaflow.models.mixture import KVCache, MixtureTransformer, additive_mask
 from vlaflow.models.observation import Observation
 from vlaflow.models.segments import EXPERT, VLM, Kind, Segment, build_layout
 from vlaflow.models.siglip import SiglipEncoder
@@ -52,14 +52,26 @@ class Generation:
 
 @dataclass
 class Prefix:
-    """What the denoising steps need after the prefix has run once: the filled cache and the
-    expert tokens' rows of the attention mask and their positions."""
+    """What the denoising steps need after the prefix has run once: the filled cache, the expert
+    tokens' rows of the attention mask (additive, in the compute dtype), their positions and
+    RoPE tables, and the state."""
 
     cache: KVCache
     length: int
     suffix_mask: Tensor
     suffix_positions: Tensor
+    suffix_rope: tuple[Tensor, Tensor]
     state: Tensor
+
+
+@dataclass
+class StepCondition:
+    """What time contributes to one velocity evaluation, known before the noisy actions are:
+    the suffix's time features (`VLA.time_features`) and, for pi0.5, every expert norm's
+    modulation (2 * depth + 1, B, 3 * width). Sampling can compute it for all steps at once."""
+
+    features: Tensor
+    modulations: Tensor | None
 
 
 class VLA(nn.Module):
@@ -145,11 +157,24 @@ class VLA(nn.Module):
         segments = [Segment(Kind.IMAGE, obs.image_mask(k)[:, None].expand(b, n)) for k in keys]
         return features, segments
 
-    def embed_prefix(self, obs: Observation) -> tuple[Tensor, list[Segment]]:
+    def embed_prefix(
+        self, obs: Observation, text: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, list[Segment]]:
+        """Images and prompt; with `text` = (tokens (B, T), real (B, T) bool) also a causal text
+        segment after them, laid out as a training text target (a subtask the actions follow)."""
         images, segments = self.embed_images(obs)
-        text = self.transformer.embed_tokens(obs.tokenized_prompt).to(images.dtype)
+        parts = [images, self.transformer.embed_tokens(obs.tokenized_prompt).to(images.dtype)]
         segments.append(Segment(Kind.PROMPT, obs.tokenized_prompt_mask))
-        return torch.cat([images, text], dim=1), segments
+        if text is not None:
+            tokens, valid = text
+            if tokens.shape != valid.shape or tokens.shape[0] != obs.batch_size:
+                raise ValueError(
+                    f"text: expected tokens and mask of one shape (B={obs.batch_size}, T), got "
+                    f"{tuple(tokens.shape)} and {tuple(valid.shape)}"
+                )
+            parts.append(self.transformer.embed_tokens(tokens).to(images.dtype))
+            segments.append(Segment(Kind.TEXT_TARGET, valid))
+        return torch.cat(parts, dim=1), segments
 
     def time_embedding(self, time: Tensor) -> Tensor:
         """sin/cos features of t (B,) with periods geometric in [min_period, max_period], float64."""
@@ -166,17 +191,29 @@ class VLA(nn.Module):
         actions = Segment(Kind.ACTION, real(self.config.action_horizon))
         return [actions] if self.config.pi05 else [Segment(Kind.STATE, real(1)), actions]
 
+    def time_features(self, time: Tensor) -> Tensor:
+        """What time (B,) contributes to the suffix, in the flow heads' dtype: the adaRMS
+        condition (pi0.5) or the sin/cos embedding that pi0 mixes into every action token."""
+        features = self.time_embedding(time).to(self.action_in_proj.weight.dtype)
+        if self.config.pi05:
+            return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(features))))
+        return features
+
+    def condition(self, time: Tensor) -> StepCondition:
+        """The time features of t (B,) and pi0.5's norm modulations."""
+        features = self.time_features(time)
+        modulations = self.transformer.modulations(EXPERT, features) if self.config.pi05 else None
+        return StepCondition(features, modulations)
+
     def embed_suffix(
-        self, state: Tensor, noisy_actions: Tensor, time: Tensor
+        self, state: Tensor, noisy_actions: Tensor, time_features: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         """Expert token embeddings (B, suffix_len, width) in the compute dtype and the adaRMS
-        condition (pi0.5, in the flow heads' dtype) or None."""
+        condition (pi0.5, in the flow heads' dtype) or None, from `time_features(t)`."""
         heads = self.action_in_proj.weight.dtype
         actions = self.action_in_proj(noisy_actions.to(heads))
-        time_features = self.time_embedding(time).to(heads)
         if self.config.pi05:
-            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_features))))
-            return actions.to(self.dtype), cond
+            return actions.to(self.dtype), time_features
         time_features = time_features[:, None, :].expand_as(actions)
         mixed = self.action_time_mlp_out(
             F.silu(self.action_time_mlp_in(torch.cat([actions, time_features], -1)))
@@ -198,10 +235,12 @@ class VLA(nn.Module):
         )
         return beta.sample((batch,)) * 0.999 + 0.001
 
-    def velocity(self, obs: Observation, noisy_actions: Tensor, time: Tensor) -> Tensor:
+    def velocity(
+        self, obs: Observation, noisy_actions: Tensor, time: Tensor, text: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """v(x_t, t) from one joint pass over prefix and suffix (the training path, no cache)."""
-        prefix, segments = self.embed_prefix(obs)
-        suffix, cond = self.embed_suffix(obs.state, noisy_actions, time)
+        prefix, segments = self.embed_prefix(obs, text)
+        suffix, cond = self.embed_suffix(obs.state, noisy_actions, self.time_features(time))
         layout = build_layout(segments + self.suffix_segments(obs.batch_size, suffix.device))
         _, expert_out = self.transformer(
             [prefix, suffix], layout.mask, layout.positions, [None, cond], keep=(False, True)
@@ -240,15 +279,12 @@ class VLA(nn.Module):
         """
         obs.check(self.config)
         targets.check(obs.batch_size, self.config)
-        prefix, segments = self.embed_prefix(obs)
+        text = None if targets.text_tokens is None else (targets.text_tokens, targets.text_mask)
+        prefix, segments = self.embed_prefix(obs, text)
         vlm = [prefix]
-        for kind, tokens, valid in (
-            (Kind.TEXT_TARGET, targets.text_tokens, targets.text_mask),
-            (Kind.FAST, targets.fast_tokens, targets.fast_mask),
-        ):
-            if tokens is not None:
-                vlm.append(self.transformer.embed_tokens(tokens).to(prefix.dtype))
-                segments.append(Segment(kind, valid))
+        if targets.fast_tokens is not None:
+            vlm.append(self.transformer.embed_tokens(targets.fast_tokens).to(prefix.dtype))
+            segments.append(Segment(Kind.FAST, targets.fast_mask))
         vlm_tokens = torch.cat(vlm, dim=1)
         suffix = cond = flow_target = None
         if targets.actions is not None:
@@ -257,7 +293,9 @@ class VLA(nn.Module):
             noise = torch.randn_like(actions) if noise is None else noise.float()
             time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
             t = time[:, None, None]
-            suffix, cond = self.embed_suffix(obs.state, t * noise + (1 - t) * actions, time)
+            suffix, cond = self.embed_suffix(
+                obs.state, t * noise + (1 - t) * actions, self.time_features(time)
+            )
             segments += self.suffix_segments(obs.batch_size, suffix.device)
             flow_target = noise - actions
         layout = build_layout(segments)
@@ -313,17 +351,23 @@ class VLA(nn.Module):
     # ---- inference --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def prefill(self, obs: Observation) -> Prefix:
-        """Run the prefix once and cache its keys/values for the denoising steps."""
+    def prefill(self, obs: Observation, text: tuple[Tensor, Tensor] | None = None) -> Prefix:
+        """Run the prefix (and the conditioning `text`, see `embed_prefix`) once and cache its
+        keys/values for the denoising steps."""
         obs.check(self.config)
         self._need_expert("sampling actions from the flow")
-        return self.fill_cache(*self.embed_prefix(obs), obs.state)
+        return self.fill_cache(*self.embed_prefix(obs, text), obs.state)
 
     @torch.no_grad()
-    def fill_cache(self, prefix: Tensor, segments: list[Segment], state: Tensor) -> Prefix:
+    def fill_cache(
+        self, prefix: Tensor, segments: list[Segment], state: Tensor, cache: KVCache | None = None
+    ) -> Prefix:
+        """Run the embedded prefix into `cache` (allocated when None; a given one must hold the
+        prefix and the suffix)."""
         b, length = prefix.shape[:2]
         layout = build_layout(segments + self.suffix_segments(b, prefix.device))
-        cache = KVCache.allocate(self.config.vlm, b, layout.mask.shape[-1], prefix.dtype, prefix.device)
+        if cache is None:
+            cache = KVCache.allocate(self.config.vlm, b, layout.mask.shape[-1], prefix.dtype, prefix.device)
         self.transformer(
             [prefix, None],
             layout.mask[:, :length, :length],
@@ -332,19 +376,34 @@ class VLA(nn.Module):
             cache=cache,
             keep=(False, False),
         )
-        return Prefix(cache, length, layout.mask[:, length:], layout.positions[:, length:], state)
+        positions = layout.positions[:, length:]
+        return Prefix(
+            cache,
+            length,
+            additive_mask(layout.mask[:, length:], prefix.dtype),
+            positions,
+            self.transformer.rope(positions, prefix.dtype),
+            state,
+        )
 
     @torch.no_grad()
     def denoise_step(self, prefix: Prefix, noisy_actions: Tensor, time: Tensor) -> Tensor:
         """v(x_t, t) running only the expert's tokens against the cached prefix."""
-        suffix, cond = self.embed_suffix(prefix.state, noisy_actions, time)
+        return self.conditioned_velocity(prefix, noisy_actions, self.condition(time))
+
+    @torch.no_grad()
+    def conditioned_velocity(self, prefix: Prefix, noisy_actions: Tensor, condition: StepCondition) -> Tensor:
+        """`denoise_step` with the step's time condition already computed."""
+        suffix, cond = self.embed_suffix(prefix.state, noisy_actions, condition.features)
         outputs = self.transformer(
             [None, suffix],
             prefix.suffix_mask,
-            prefix.suffix_positions,
+            None,
             [None, cond],
             cache=prefix.cache,
             offset=prefix.length,
+            rope=prefix.suffix_rope,
+            modulations=[None, condition.modulations],
         )
         return self.predict_velocity(outputs[EXPERT])
 
@@ -352,21 +411,35 @@ class VLA(nn.Module):
     def integrate(velocity: Callable[[Tensor, Tensor], Tensor], noise: Tensor, num_steps: int) -> Tensor:
         """Euler from t = 1 (noise) to t = 0 with dt = -1 / num_steps; time accumulates in float32
         exactly as the reference steps it."""
+        times, dt = VLA.euler_times(num_steps, noise.device)
+        x = noise.float()
+        for time in times:
+            x = x + dt * velocity(x, time.expand(x.shape[0]))
+        return x
+
+    @staticmethod
+    def euler_times(num_steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The times (num_steps,) float32 at which Euler evaluates the velocity, accumulated as the
+        reference steps them (1, 1 + dt, ...), and dt."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        dt = torch.tensor(-1.0 / num_steps, dtype=torch.float32, device=noise.device)
-        time = torch.tensor(1.0, dtype=torch.float32, device=noise.device)
-        x = noise.float()
-        for _ in range(num_steps):
-            x = x + dt * velocity(x, time.expand(x.shape[0]))
-            time = time + dt
-        return x
+        dt = torch.tensor(-1.0 / num_steps, dtype=torch.float32, device=device)
+        times = [torch.tensor(1.0, dtype=torch.float32, device=device)]
+        for _ in range(num_steps - 1):
+            times.append(times[-1] + dt)
+        return torch.stack(times), dt
 
     @torch.no_grad()
     def sample_actions(
-        self, obs: Observation, noise: Tensor | None = None, num_steps: int = 10, use_cache: bool = True
+        self,
+        obs: Observation,
+        noise: Tensor | None = None,
+        num_steps: int = 10,
+        use_cache: bool = True,
+        text: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Integrate the flow from noise to actions: (B, H, action_dim) float32.
+        """Integrate the flow from noise to actions: (B, H, action_dim) float32, conditioned on
+        `text` (e.g. a decoded subtask) where given.
 
         `use_cache=False` recomputes the whole sequence at every step (the training path); it is
         slower and exists to check the cache.
@@ -381,8 +454,8 @@ class VLA(nn.Module):
                 f"noise: expected {shape} (B, action_horizon, action_dim), got {tuple(noise.shape)}"
             )
         if not use_cache:
-            return self.integrate(lambda x, t: self.velocity(obs, x, t), noise, num_steps)
-        prefix = self.prefill(obs)
+            return self.integrate(lambda x, t: self.velocity(obs, x, t, text), noise, num_steps)
+        prefix = self.prefill(obs, text)
         return self.integrate(lambda x, t: self.denoise_step(prefix, x, t), noise, num_steps)
 
     def text_logits(self, vlm_hidden: Tensor) -> Tensor:
