@@ -47,11 +47,19 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
+    def modulate(self, cond: Tensor) -> Tensor:
+        """`[scale, shift, gate]` (B, 3 * dim) of a condition (B, cond_dim). It depends on time
+        only, so sampling computes it once for every step before the steps run."""
+        return self.modulation(cond.to(self.modulation.weight.dtype))
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if cond is None:
             raise ValueError("an adaptive RMSNorm needs the time condition `cond` (B, width)")
-        modulation = self.modulation(cond.to(self.modulation.weight.dtype))[:, None, :]
-        scale, shift, gate = modulation.chunk(3, dim=-1)
+        return self.modulated(x, self.modulate(cond))
+
+    def modulated(self, x: Tensor, modulation: Tensor) -> tuple[Tensor, Tensor]:
+        """The norm with a precomputed `modulate(cond)`: (normalized x, residual gate)."""
+        scale, shift, gate = modulation[:, None, :].chunk(3, dim=-1)
         out = _rms_normalize(x, self.eps) * (1.0 + scale.float()) + shift.float()
         return out.to(x.dtype), gate.to(x.dtype)
 

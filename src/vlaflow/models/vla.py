@@ -146,25 +146,30 @@ class VLA(nn.Module):
 
     # ---- embeddings -------------------------------------------------------------------------
 
-    def embed_images(self, obs: Observation) -> tuple[Tensor, list[Segment]]:
+    def embed_images(self, obs: Observation) -> Tensor:
         """All cameras through SigLIP in one batch; (B, cameras * patches, vlm width)."""
         keys = self.config.image_keys
         b = obs.batch_size
         images = torch.cat([obs.channels_first(k) for k in keys], dim=0)
         features = self.vision_proj(self.vision(images))
         n, width = features.shape[1:]
-        features = features.view(len(keys), b, n, width).transpose(0, 1).reshape(b, len(keys) * n, width)
-        segments = [Segment(Kind.IMAGE, obs.image_mask(k)[:, None].expand(b, n)) for k in keys]
-        return features, segments
+        return features.view(len(keys), b, n, width).transpose(0, 1).reshape(b, len(keys) * n, width)
+
+    def prefix_segments(self, obs: Observation) -> list[Segment]:
+        """One segment per camera, then the prompt: they depend on the observation's masks only."""
+        b, n = obs.batch_size, self.config.tokens_per_image
+        images = [
+            Segment(Kind.IMAGE, obs.image_mask(k)[:, None].expand(b, n)) for k in self.config.image_keys
+        ]
+        return [*images, Segment(Kind.PROMPT, obs.tokenized_prompt_mask)]
 
     def embed_prefix(
         self, obs: Observation, text: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, list[Segment]]:
         """Images and prompt; with `text` = (tokens (B, T), real (B, T) bool) also a causal text
         segment after them, laid out as a training text target (a subtask the actions follow)."""
-        images, segments = self.embed_images(obs)
+        images, segments = self.embed_images(obs), self.prefix_segments(obs)
         parts = [images, self.transformer.embed_tokens(obs.tokenized_prompt).to(images.dtype)]
-        segments.append(Segment(Kind.PROMPT, obs.tokenized_prompt_mask))
         if text is not None:
             tokens, valid = text
             if tokens.shape != valid.shape or tokens.shape[0] != obs.batch_size:
