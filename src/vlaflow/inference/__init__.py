@@ -1,1 +1,6 @@
 """Running trained policies: from raw observations to actions."""
+
+PREV_ACTIONS_KEY = "prev_actions"
+"""Observation key for real-time chunking: the previous chunk's not-yet-executed actions (L, A)."""
+DELAY_KEY = "inference_delay"
+"""Observation key for real-time chunking: the inference delay d in control steps."""

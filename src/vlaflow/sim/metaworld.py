@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import multiprocessing as mp
 import os
 import warnings
 import weakref
@@ -66,6 +65,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from vlaflow.sim.rollout import Steps, run_episode
+from vlaflow.sim.rollout import rollout_many as engine_rollout_many
 
 # MuJoCo picks its GL backend when it is first imported; without a display only EGL / OSMesa work.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -504,6 +506,7 @@ class Episode:
     successes: np.ndarray  # (T,) bool, the env's success flag after each action
     raw: np.ndarray  # (T, 39) float64, full Meta-World observation
     images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (T, R, R, 3) uint8 if recorded
+    chunk_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first steps of chunks
 
     @property
     def length(self) -> int:
@@ -519,23 +522,50 @@ class Episode:
         return int(np.argmax(self.successes)) if self.success else None
 
 
-def _as_chunk(output: Any) -> np.ndarray:
-    chunk = np.asarray(output, dtype=np.float32)
-    if chunk.ndim == 1:
-        chunk = chunk[None]
-    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != ACTION_DIM:
-        raise ValueError(
-            f"policy output must have shape ({ACTION_DIM},) or (T_chunk, {ACTION_DIM}) with T_chunk >= 1, "
-            f"got {chunk.shape}"
+class MetaWorldSimulator:
+    """The rollout engine's adapter (`vlaflow.sim.rollout.Simulator`) for one episode of `env`."""
+
+    action_dim = ACTION_DIM
+
+    def __init__(self, env: MetaWorldEnv, seed: int | None, record: bool) -> None:
+        self.env, self.seed = env, seed
+        self._states: list[np.ndarray] = []
+        self._raws: list[np.ndarray] = []
+        self._frames: dict[str, list[np.ndarray]] = {cam: [] for cam in env.cameras} if record else {}
+
+    @property
+    def max_steps(self) -> int:
+        return self.env.max_steps
+
+    def reset(self) -> dict[str, Any]:
+        return self.env.reset(seed=self.seed)
+
+    def record(self, obs: dict[str, Any], subtask: str | None) -> None:
+        self._states.append(obs["state"])
+        self._raws.append(obs["raw"])
+        for cam, images in self._frames.items():
+            images.append(obs["images"][cam])
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool]:
+        obs, reward, success, _, _ = self.env.step(action)
+        return obs, reward, success
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, -1.0, 1.0)
+
+    def episode(self, steps: Steps) -> Episode:
+        return Episode(
+            task=self.env.task,
+            prompt=self.env.prompt,
+            seed=self.seed,
+            states=np.stack(self._states),
+            actions=steps.actions,
+            rewards=steps.rewards,
+            successes=steps.successes,
+            raw=np.stack(self._raws),
+            images={cam: np.stack(images) for cam, images in self._frames.items()},
+            chunk_starts=steps.chunk_starts,
         )
-    return chunk
-
-
-def check_rollout_options(steps_per_chunk: int, steps_after_success: int) -> None:
-    if not isinstance(steps_per_chunk, int) or steps_per_chunk < 1:
-        raise ValueError(f"steps_per_chunk must be a positive int, got {steps_per_chunk!r}")
-    if not isinstance(steps_after_success, int) or steps_after_success < 0:
-        raise ValueError(f"steps_after_success must be a non-negative int, got {steps_after_success!r}")
 
 
 def rollout(
@@ -545,51 +575,21 @@ def rollout(
     seed: int | None = None,
     steps_per_chunk: int = 1,
     steps_after_success: int = 0,
+    delay: int = 0,
     record: bool = True,
 ) -> Episode:
-    """Run one episode: query ``policy`` and execute up to ``steps_per_chunk`` actions of each chunk.
+    """Run one episode: query ``policy`` and execute up to ``steps_per_chunk`` actions of each chunk
+    (``delay``: simulated inference latency, see `vlaflow.sim.rollout`).
 
     Stops ``steps_after_success`` steps after the first success or at ``env.max_steps``. ``seed`` is passed
     to ``env.reset``. A ``reset()`` method on the policy (e.g. to drop queued actions) is called first.
     ``record=False`` keeps images out of the episode (the policy still sees them).
     """
-    check_rollout_options(steps_per_chunk, steps_after_success)
-    reset = getattr(policy, "reset", None)
-    if callable(reset):
-        reset()
-    obs = env.reset(seed=seed)
-    states, actions, rewards, successes, raws = [], [], [], [], []
-    frames: dict[str, list[np.ndarray]] = {cam: [] for cam in env.cameras} if record else {}
-    first_success: int | None = None
-    done = False
-    while not done:
-        for action in _as_chunk(policy(obs))[:steps_per_chunk]:
-            states.append(obs["state"])
-            raws.append(obs["raw"])
-            for cam, images in frames.items():
-                images.append(obs["images"][cam])
-            obs, reward, success, truncated, _ = env.step(action)
-            actions.append(np.clip(action, -1.0, 1.0))
-            rewards.append(reward)
-            successes.append(success)
-            if success and first_success is None:
-                first_success = len(actions) - 1
-            done = truncated or (
-                first_success is not None and len(actions) - first_success > steps_after_success
-            )
-            if done:
-                break
-    return Episode(
-        task=env.task,
-        prompt=env.prompt,
-        seed=seed,
-        states=np.stack(states),
-        actions=np.stack(actions).astype(np.float32),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        successes=np.asarray(successes, dtype=bool),
-        raw=np.stack(raws),
-        images={cam: np.stack(images) for cam, images in frames.items()},
+    sim = MetaWorldSimulator(env, seed, record)
+    run = run_episode(
+        sim, policy, steps_per_chunk=steps_per_chunk, steps_after_success=steps_after_success, delay=delay
     )
+    return sim.episode(run)
 
 
 def episode_jobs(tasks: Iterable[str], episodes_per_task: int, *, seed: int = 0) -> list[tuple[str, int]]:
@@ -599,53 +599,26 @@ def episode_jobs(tasks: Iterable[str], episodes_per_task: int, *, seed: int = 0)
     return [(_check_task(task), seed + i) for task in tasks for i in range(episodes_per_task)]
 
 
-class _RolloutWorker:
-    """Runs (task, seed) jobs, keeping a few envs + policies so consecutive jobs of a task reuse them."""
+class MetaWorldSimulators:
+    """A rollout worker's environments: a few are kept, so consecutive jobs of a task reuse theirs."""
 
-    def __init__(
-        self,
-        policy_factory: Callable[[str], Policy],
-        env_kwargs: Mapping[str, Any],
-        rollout_kwargs: Mapping[str, Any],
-    ) -> None:
-        self._policy_factory = policy_factory
+    def __init__(self, env_kwargs: Mapping[str, Any]) -> None:
         self._env_kwargs = dict(env_kwargs)
-        self._rollout_kwargs = dict(rollout_kwargs)
-        self._cache: OrderedDict[str, tuple[MetaWorldEnv, Policy]] = OrderedDict()
+        self._cache: OrderedDict[str, MetaWorldEnv] = OrderedDict()
 
-    def run(self, job: tuple[str, int]) -> Episode:
+    def open(self, job: tuple[str, int], policy: Policy, record: bool) -> MetaWorldSimulator:
         task, seed = job
         if task in self._cache:
             self._cache.move_to_end(task)
         else:
-            self._cache[task] = (
-                MetaWorldEnv(task, seed=seed, **self._env_kwargs),
-                self._policy_factory(task),
-            )
+            self._cache[task] = MetaWorldEnv(task, seed=seed, **self._env_kwargs)
             if len(self._cache) > _ENV_CACHE_SIZE:
-                self._cache.popitem(last=False)[1][0].close()
-        env, policy = self._cache[task]
-        kwargs = dict(self._rollout_kwargs)
-        if not isinstance(kwargs["record"], bool):
-            kwargs["record"] = (task, seed) in kwargs["record"]
-        return rollout(env, policy, seed=seed, **kwargs)
+                self._cache.popitem(last=False)[1].close()
+        return MetaWorldSimulator(self._cache[task], seed, record)
 
     def close(self) -> None:
         while self._cache:
-            self._cache.popitem()[1][0].close()
-
-
-_worker: _RolloutWorker | None = None
-
-
-def _init_worker(*args: Any) -> None:
-    global _worker
-    _worker = _RolloutWorker(*args)
-
-
-def _run_job(job: tuple[str, int]) -> Episode:
-    assert _worker is not None, "rollout worker used before its initializer ran"
-    return _worker.run(job)
+            self._cache.popitem()[1].close()
 
 
 def rollout_many(
@@ -656,6 +629,7 @@ def rollout_many(
     env_kwargs: Mapping[str, Any] | None = None,
     steps_per_chunk: int = 1,
     steps_after_success: int = 0,
+    delay: int = 0,
     record: bool | Collection[tuple[str, int]] = True,
     ordered: bool = False,
 ) -> Iterator[Episode]:
@@ -663,34 +637,20 @@ def rollout_many(
     with ``ordered=True`` (for writing datasets deterministically). ``record`` is a bool or the set of
     (task, seed) jobs whose camera frames to keep (e.g. the few an evaluation turns into videos).
 
-    ``workers > 1`` uses a "spawn" process pool (MuJoCo GL contexts are not fork-safe), so
+    ``workers > 1`` uses a "spawn" process pool (see `vlaflow.sim.rollout.rollout_many`), so
     ``policy_factory`` (task -> policy, e.g. ``ExpertPolicy``) must be picklable and the calling script
     needs an ``if __name__ == "__main__":`` guard; ``workers <= 1`` runs in this process. ``workers=None``
     uses every CPU. ``env_kwargs`` go to ``MetaWorldEnv`` (cameras, resolution, max_steps, fast_render).
     Each episode depends only on its (task, seed), not on which worker ran it.
     """
-    jobs = [(_check_task(task), seed) for task, seed in jobs]
-    check_rollout_options(steps_per_chunk, steps_after_success)
-    workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, len(jobs)))
-    record = record if isinstance(record, bool) else frozenset(record)
-    args = (
+    return engine_rollout_many(
+        [(_check_task(task), seed) for task, seed in jobs],
+        functools.partial(MetaWorldSimulators, dict(env_kwargs or {})),
         policy_factory,
-        dict(env_kwargs or {}),
-        {"steps_per_chunk": steps_per_chunk, "steps_after_success": steps_after_success, "record": record},
+        workers=workers,
+        record=record,
+        ordered=ordered,
+        steps_per_chunk=steps_per_chunk,
+        steps_after_success=steps_after_success,
+        delay=delay,
     )
-    return _run_jobs(jobs, workers, args, ordered)
-
-
-def _run_jobs(
-    jobs: list[tuple[str, int]], workers: int, args: tuple[Any, ...], ordered: bool
-) -> Iterator[Episode]:
-    if workers == 1:
-        worker = _RolloutWorker(*args)
-        try:
-            for job in jobs:
-                yield worker.run(job)
-        finally:
-            worker.close()
-        return
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=args) as pool:
-        yield from (pool.imap if ordered else pool.imap_unordered)(_run_job, jobs, chunksize=1)

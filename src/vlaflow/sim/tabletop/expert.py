@@ -39,6 +39,7 @@ from vlaflow.sim.tabletop.scene import (
     DRAWER_TRAVEL,
     OPEN_CONTAINERS,
 )
+from vlaflow.sim.tabletop.state import WorldState
 from vlaflow.sim.tabletop.tasks import (
     EpisodeSpec,
     Subtask,
@@ -50,7 +51,6 @@ from vlaflow.sim.tabletop.tasks import (
     subtask_done,
     to_local,
 )
-from vlaflow.sim.tabletop.world import WorldState
 
 TRANSIT_Z = 0.2
 HIGH_Z = 0.37

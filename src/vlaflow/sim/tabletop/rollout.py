@@ -1,4 +1,5 @@
-"""Rollouts in the tabletop world: one episode (`rollout`), or many in parallel (`rollout_many`).
+"""The tabletop side of the shared rollout engine (`vlaflow.sim.rollout`): one episode (`rollout`), or
+many in parallel (`rollout_many`).
 
 A policy is any callable ``obs -> output`` (optionally with ``reset()``), where `obs` is what
 `TabletopEnv` returns and `output` is an action (5,), an action chunk (T, 5), or a dict
@@ -11,16 +12,14 @@ the observation before the action: state, prompt in force, reported subtask, cam
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
-import os
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vlaflow.sim.metaworld import check_rollout_options
+from vlaflow.sim import rollout as engine
+from vlaflow.sim.rollout import Steps, run_episode
 from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec, make_subtask, sample_episode
 from vlaflow.sim.tabletop.world import ACTION_DIM, ACTION_HIGH, ACTION_LOW, TabletopEnv
 
@@ -42,6 +41,7 @@ class Episode:
     result: dict[str, Any]  # final `TaskTracker.summary()`
     images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (T, R, R, 3) uint8
     boxes: dict[str, list[str]] = field(default_factory=dict)  # camera -> (T,) `<loc>` strings
+    chunk_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first steps of chunks
 
     @property
     def family(self) -> str:
@@ -60,25 +60,8 @@ class Episode:
         return bool(self.result["success"])
 
 
-def parse_output(output: Any) -> tuple[np.ndarray, str | None]:
-    """(chunk (T, 5) float32, subtask or None) of a policy output; raises ValueError on bad shapes."""
-    subtask = None
-    if isinstance(output, Mapping):
-        if "actions" not in output:
-            raise ValueError(f"a policy output dict needs an 'actions' entry, got keys {sorted(output)}")
-        subtask = output.get("subtask")
-        if subtask is not None and not isinstance(subtask, str):
-            raise ValueError(f"policy output 'subtask' must be a str, got {type(subtask).__name__}")
-        output = output["actions"]
-    chunk = np.asarray(output, dtype=np.float32)
-    if chunk.ndim == 1:
-        chunk = chunk[None]
-    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != ACTION_DIM:
-        raise ValueError(
-            f"policy actions must have shape ({ACTION_DIM},) or (T, {ACTION_DIM}) with T >= 1, "
-            f"got {chunk.shape}"
-        )
-    return chunk, subtask
+parse_output = functools.partial(engine.parse_output, action_dim=ACTION_DIM)
+"""(chunk (T, 5) float32, subtask or None) of a policy output; raises ValueError on bad shapes."""
 
 
 def _entity_map(spec: EpisodeSpec) -> dict[str, tuple[str, ...]]:
@@ -86,6 +69,85 @@ def _entity_map(spec: EpisodeSpec) -> dict[str, tuple[str, ...]]:
     out = {make_subtask(spec.scene, "pick", o.name).text: (o.name,) for o in spec.scene.objects}
     out.update({s.text: s.entities for s in spec.subtasks})
     return out
+
+
+class TabletopSimulator:
+    """The rollout engine's adapter (`vlaflow.sim.rollout.Simulator`) for one episode of `env`."""
+
+    action_dim = ACTION_DIM
+
+    def __init__(
+        self,
+        env: TabletopEnv,
+        *,
+        seed: int | None = None,
+        spec: EpisodeSpec | None = None,
+        record: bool = True,
+        annotate: bool = False,
+        render: bool = True,
+    ) -> None:
+        self.env, self._seed, self._spec = env, seed, spec
+        self._record, self._annotate, self._render = record, annotate, render
+        self._entities: dict[str, tuple[str, ...]] = {}
+        self._states: list[np.ndarray] = []
+        self._prompts: list[str] = []
+        self._subtasks: list[str] = []
+        self._command: list[int] = []
+        self._frames: dict[str, list[np.ndarray]] = {}
+        self._boxes: dict[str, list[str]] = {}
+        self._info: dict[str, Any] = {}
+
+    @property
+    def max_steps(self) -> int:
+        assert self.env.spec is not None
+        return self.env.spec.max_steps
+
+    def reset(self) -> dict[str, Any]:
+        env = self.env
+        env.render_images = self._render
+        obs = env.reset(self._seed, spec=self._spec)
+        assert env.spec is not None and env.tracker is not None
+        self._entities = _entity_map(env.spec) if self._annotate else {}
+        self._frames = {c: [] for c in env.cameras} if self._record else {}
+        self._boxes = {c: [] for c in env.cameras} if self._annotate else {}
+        self._info = env.tracker.summary()
+        return obs
+
+    def record(self, obs: dict[str, Any], subtask: str | None) -> None:
+        assert self.env.tracker is not None
+        self._states.append(obs["state"])
+        self._prompts.append(obs["prompt"])
+        self._subtasks.append(subtask or "")
+        self._command.append(self.env.tracker.current)
+        for cam, images in self._frames.items():
+            images.append(obs["images"][cam])
+        if self._annotate:
+            for cam, text in self.env.boxes(self._entities.get(subtask or "", ())).items():
+                self._boxes[cam].append(text)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool]:
+        obs, reward, success, _, self._info = self.env.step(action)
+        return obs, reward, success
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+    def episode(self, steps: Steps) -> Episode:
+        assert self.env.spec is not None
+        return Episode(
+            spec=self.env.spec,
+            states=np.stack(self._states).astype(np.float32),
+            actions=steps.actions,
+            prompts=self._prompts,
+            subtasks=self._subtasks,
+            command_index=np.asarray(self._command, dtype=np.int64),
+            progress=steps.rewards,
+            successes=steps.successes,
+            result=self._info,
+            images={cam: np.stack(images) for cam, images in self._frames.items()},
+            boxes=self._boxes,
+            chunk_starts=steps.chunk_starts,
+        )
 
 
 def rollout(
@@ -96,103 +158,44 @@ def rollout(
     spec: EpisodeSpec | None = None,
     steps_per_chunk: int = 1,
     steps_after_success: int = 0,
+    delay: int = 0,
     record: bool = True,
     annotate: bool = False,
 ) -> Episode:
-    """Run one episode until `steps_after_success` steps after the first success or the step limit.
+    """Run one episode until `steps_after_success` steps after the first success or the step limit
+    (``delay``: simulated inference latency, see `vlaflow.sim.rollout`).
 
     `spec` (or else `seed`) goes to ``env.reset``; a ``reset()`` method on the policy is called first.
     ``record=False`` keeps images out of the episode (the policy still sees them); ``annotate`` adds the
     per-frame boxes of the reported subtask's entities in every camera.
     """
-    check_rollout_options(steps_per_chunk, steps_after_success)
-    reset = getattr(policy, "reset", None)
-    if callable(reset):
-        reset()
-    # A policy that reads only the simulator state (the expert) needs no images unless they are recorded.
-    env.render_images = record or getattr(policy, "uses_images", True)
-    obs = env.reset(seed, spec=spec)
-    assert env.spec is not None and env.tracker is not None
-    entities = _entity_map(env.spec) if annotate else {}
-    states, actions, prompts, subtasks, command, progress, successes = [], [], [], [], [], [], []
-    frames: dict[str, list[np.ndarray]] = {c: [] for c in env.cameras} if record else {}
-    boxes: dict[str, list[str]] = {c: [] for c in env.cameras} if annotate else {}
-    info: dict[str, Any] = env.tracker.summary()
-    end = env.spec.max_steps  # how many steps the episode runs; set anew at the first success
-    while len(actions) < end:
-        chunk, subtask = parse_output(policy(obs))
-        for action in chunk[:steps_per_chunk]:
-            states.append(obs["state"])
-            prompts.append(obs["prompt"])
-            subtasks.append(subtask or "")
-            command.append(env.tracker.current)
-            for cam, images in frames.items():
-                images.append(obs["images"][cam])
-            if annotate:
-                for cam, text in env.boxes(entities.get(subtask or "", ())).items():
-                    boxes[cam].append(text)
-            obs, reward, success, _, info = env.step(action)
-            actions.append(np.clip(action, ACTION_LOW, ACTION_HIGH))
-            progress.append(reward)
-            successes.append(success)
-            if success and end == env.spec.max_steps:
-                end = min(end, len(actions) + steps_after_success)
-            if len(actions) >= end:
-                break
-    return Episode(
-        spec=env.spec,
-        states=np.stack(states).astype(np.float32),
-        actions=np.stack(actions).astype(np.float32),
-        prompts=prompts,
-        subtasks=subtasks,
-        command_index=np.asarray(command, dtype=np.int64),
-        progress=np.asarray(progress, dtype=np.float32),
-        successes=np.asarray(successes, dtype=bool),
-        result=info,
-        images={cam: np.stack(images) for cam, images in frames.items()},
-        boxes=boxes,
+    sim = _simulator(env, policy, seed=seed, spec=spec, record=record, annotate=annotate)
+    run = run_episode(
+        sim, policy, steps_per_chunk=steps_per_chunk, steps_after_success=steps_after_success, delay=delay
     )
+    return sim.episode(run)
 
 
-class _RolloutWorker:
-    """Runs (family, seed) jobs of one split with one environment and a policy per family."""
+def _simulator(env: TabletopEnv, policy: Policy, *, record: bool, **kwargs: Any) -> TabletopSimulator:
+    # A policy that reads only the simulator state (the expert) needs no images unless they are recorded.
+    render = record or getattr(policy, "uses_images", True)
+    return TabletopSimulator(env, record=record, render=render, **kwargs)
 
-    def __init__(
-        self,
-        policy_factory: Callable[[str], Policy],
-        split: str,
-        env_kwargs: Mapping[str, Any],
-        rollout_kwargs: Mapping[str, Any],
-    ) -> None:
-        self._split = split
+
+class TabletopSimulators:
+    """A rollout worker's one environment of `split`; job (family, seed) is `sample_episode`'s episode."""
+
+    def __init__(self, split: str, env_kwargs: Mapping[str, Any], annotate: bool) -> None:
+        self._split, self._annotate = split, annotate
         self._env = TabletopEnv(split=split, **env_kwargs)
-        self._factory = policy_factory
-        self._policies: dict[str, Policy] = {}
-        self._rollout_kwargs = dict(rollout_kwargs)
 
-    def run(self, job: tuple[str, int]) -> Episode:
+    def open(self, job: tuple[str, int], policy: Policy, record: bool) -> TabletopSimulator:
         family, seed = job
-        if family not in self._policies:
-            self._policies[family] = self._factory(family)
-        kwargs = dict(self._rollout_kwargs)
-        if not isinstance(kwargs["record"], bool):
-            kwargs["record"] = job in kwargs["record"]
         spec = sample_episode(seed, family=family, split=self._split)
-        return rollout(self._env, self._policies[family], spec=spec, **kwargs)
+        return _simulator(self._env, policy, spec=spec, record=record, annotate=self._annotate)
 
     def close(self) -> None:
         self._env.close()
-
-
-_worker: _RolloutWorker | None = None
-
-
-def _run_in_worker(args: tuple[Any, ...], job: tuple[str, int]) -> Episode:
-    """Pool task: the process's worker is built on its first job and kept for the next ones."""
-    global _worker
-    if _worker is None:
-        _worker = _RolloutWorker(*args)
-    return _worker.run(job)
 
 
 def rollout_many(
@@ -204,6 +207,7 @@ def rollout_many(
     env_kwargs: Mapping[str, Any] | None = None,
     steps_per_chunk: int = 1,
     steps_after_success: int = 0,
+    delay: int = 0,
     record: bool | Collection[tuple[str, int]] = True,
     annotate: bool = False,
 ) -> Iterator[Episode]:
@@ -213,7 +217,7 @@ def rollout_many(
 
     `policy_factory` maps a family to a policy (``ExpertPolicy``, or
     `vlaflow.sim.evaluate.CheckpointPolicyFactory`); it is called once per family and process.
-    ``workers > 1`` uses a "spawn" process pool (MuJoCo GL contexts are not fork-safe), so the factory
+    ``workers > 1`` uses a "spawn" process pool (see `vlaflow.sim.rollout.rollout_many`), so the factory
     must be picklable and the calling script needs an ``if __name__ == "__main__":`` guard;
     ``workers <= 1`` runs here; None uses every CPU. `env_kwargs` go to `TabletopEnv` (cameras,
     resolution). An episode depends only on its (family, seed, split), not on which worker ran it.
@@ -222,32 +226,14 @@ def rollout_many(
     for family, seed in jobs:
         if family not in FAMILIES or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"a job is (family in {FAMILIES}, seed >= 0), got {(family, seed)!r}")
-    check_rollout_options(steps_per_chunk, steps_after_success)
-    workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, len(jobs)))
-    rollout_kwargs = {
-        "steps_per_chunk": steps_per_chunk,
-        "steps_after_success": steps_after_success,
-        "record": record if isinstance(record, bool) else frozenset(record),
-        "annotate": annotate,
-    }
-    return _run_jobs(jobs, workers, (policy_factory, split, dict(env_kwargs or {}), rollout_kwargs))
-
-
-def _run_jobs(jobs: list[tuple[str, int]], workers: int, args: tuple[Any, ...]) -> Iterator[Episode]:
-    if workers == 1:
-        worker = _RolloutWorker(*args)
-        try:
-            yield from map(worker.run, jobs)
-        finally:
-            worker.close()
-        return
-    # At most 2 jobs per worker in flight: finished episodes (with their frames) never pile up in memory
-    # while the caller is busy writing them.
-    task = functools.partial(_run_in_worker, args)
-    with mp.get_context("spawn").Pool(workers) as pool:
-        pending: deque[Any] = deque(pool.apply_async(task, (job,)) for job in jobs[: 2 * workers])
-        for job in jobs[2 * workers :]:
-            yield pending.popleft().get()
-            pending.append(pool.apply_async(task, (job,)))
-        while pending:
-            yield pending.popleft().get()
+    return engine.rollout_many(
+        jobs,
+        functools.partial(TabletopSimulators, split, dict(env_kwargs or {}), annotate),
+        policy_factory,
+        workers=workers,
+        record=record,
+        ordered=True,
+        steps_per_chunk=steps_per_chunk,
+        steps_after_success=steps_after_success,
+        delay=delay,
+    )

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +68,7 @@ from vlaflow.sim.tabletop.scene import (
     place_objects,
     sample_fixtures,
 )
-
-if TYPE_CHECKING:
-    from vlaflow.sim.tabletop.world import WorldState
+from vlaflow.sim.tabletop.state import WorldState
 
 FAMILIES: tuple[str, ...] = (
     "group_in_container",

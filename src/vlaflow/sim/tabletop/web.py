@@ -42,6 +42,7 @@ from vlaflow.sim.tabletop.scene import (
     OPEN_CONTAINERS,
     Scene,
 )
+from vlaflow.sim.tabletop.state import WorldState
 from vlaflow.sim.tabletop.tasks import (
     LONG_FAMILIES,
     inside,
@@ -51,7 +52,7 @@ from vlaflow.sim.tabletop.tasks import (
     preposition,
     sample_episode,
 )
-from vlaflow.sim.tabletop.world import TabletopWorld, WorldState
+from vlaflow.sim.tabletop.world import TabletopWorld
 
 WEB_KINDS: tuple[str, ...] = ("caption", "vqa", "detection", "region")
 _SIDE_MARGIN = 0.02

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from vlaflow.sim.metaworld import track_renderer, untrack_renderer
 from vlaflow.sim.tabletop.annotations import Annotator
 from vlaflow.sim.tabletop.mjcf import CAMERA_NAMES, FINGER_TRAVEL, HOME, MAX_OPENING, TIMESTEP, scene_xml
 from vlaflow.sim.tabletop.scene import Scene, check_split_name
+from vlaflow.sim.tabletop.state import WorldState
 from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec, TaskTracker, sample_episode
 
 FPS = 20
@@ -69,27 +69,6 @@ def _check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown camera(s) {unknown}; available: {list(CAMERA_NAMES)}")
     return tuple(cameras)
-
-
-@dataclass
-class WorldState:
-    """Privileged simulator state after a step (what the scripted expert and the task rubric read)."""
-
-    tcp: np.ndarray  # (3,) tool centre point
-    yaw: float
-    opening: float  # metres between the finger pads
-    target: np.ndarray  # (3,) mocap target
-    target_yaw: float
-    positions: dict[str, np.ndarray]  # object -> (3,) centre
-    rotations: dict[str, np.ndarray]  # object -> (3, 3) orientation
-    drawer: float  # metres pulled out
-    lid: float  # radians
-    handle: np.ndarray  # (3,) centre of the box's handle block
-    grasped: frozenset[str]  # objects touching both fingers
-
-    def yaw_of(self, name: str) -> float:
-        rot = self.rotations[name]
-        return math.atan2(rot[1, 0], rot[0, 0])
 
 
 class TabletopWorld:
