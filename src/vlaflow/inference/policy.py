@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from vlaflow.data.pipeline import SourceStats
-from vlaflow.data.stats import Mode, Normalizer, to_absolute
+from vlaflow.data.stats import Mode, Normalizer, to_absolute, to_delta
 from vlaflow.data.transforms import build_observation
+from vlaflow.inference import PREV_ACTIONS_KEY
+from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
 from vlaflow.tokenizers import FastTokenizer, Tokenizer
@@ -64,6 +66,7 @@ class Policy:
         seed: int = 0,
         fast: FastTokenizer | None = None,
         max_fast_tokens: int = 64,
+        rtc: RTCConfig | None = None,
     ):
         if not model.has_expert and fast is None:
             raise ValueError("a model without an action expert needs its FAST tokenizer to act")
@@ -72,7 +75,7 @@ class Policy:
         self.model, self.tokenizer, self.stats = model.eval(), tokenizer, stats
         self.state_norm = Normalizer(stats.state, normalization)
         self.action_norm = Normalizer(stats.actions, normalization)
-        self.num_steps = num_steps
+        self.num_steps, self.rtc = num_steps, rtc  # rtc: guide chunks toward an observation's prev_actions
         self.generator = torch.Generator().manual_seed(seed)
         self.camera_slots = {camera: slot for slot, camera in stats.cameras.items()}
 
@@ -85,6 +88,7 @@ class Policy:
         device: str | torch.device = "cpu",
         num_steps: int = 10,
         seed: int = 0,
+        rtc: RTCConfig | None = None,
     ) -> Policy:
         """A policy from a training checkpoint; `source` picks the dataset whose statistics (and
         robot) to use when the model was trained on several."""
@@ -103,6 +107,7 @@ class Policy:
             seed=seed,
             fast=FastTokenizer.load(fast_dir) if fast_dir.is_dir() else None,
             max_fast_tokens=int(train_config.get("max_fast_tokens", 64)),
+            rtc=rtc,
         )
 
     @property
@@ -148,12 +153,26 @@ class Policy:
         c = self.model.config
         if self.model.has_expert:
             noise = torch.randn(len(observations), c.action_horizon, c.action_dim, generator=self.generator)
-            sampled = self.model.sample_actions(obs, noise=noise.to(self.device), num_steps=self.num_steps)
+            if self.rtc is not None and any(PREV_ACTIONS_KEY in o for o in observations):
+                guide = policy_guidance(
+                    observations, self._to_model, raw_state, c.action_horizon, c.action_dim
+                )
+                sampled = sample_guided(
+                    self.model, obs, noise.to(self.device), self.num_steps, *guide, self.rtc
+                )
+            else:
+                sampled = self.model.sample_actions(
+                    obs, noise=noise.to(self.device), num_steps=self.num_steps
+                )
             normalized = sampled[..., : self.action_dim].cpu().numpy()
         else:
             normalized = self._decode_fast(obs)
         actions = self.action_norm.unnormalize(normalized)
         return to_absolute(actions, raw_state, self.stats.delta_action_mask)
+
+    def _to_model(self, actions: np.ndarray, raw_state: np.ndarray) -> np.ndarray:
+        """Robot-unit actions (H, A) as the model samples them, given the state they start from."""
+        return self.action_norm.normalize(to_delta(actions, raw_state, self.stats.delta_action_mask))
 
     def _decode_fast(self, obs: Observation) -> np.ndarray:
         """Normalized chunks (B, H, action_dim) from FAST tokens decoded after "Action: "."""

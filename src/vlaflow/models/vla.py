@@ -391,12 +391,12 @@ class VLA(nn.Module):
             state,
         )
 
-    @torch.no_grad()
     def denoise_step(self, prefix: Prefix, noisy_actions: Tensor, time: Tensor) -> Tensor:
-        """v(x_t, t) running only the expert's tokens against the cached prefix."""
+        """v(x_t, t) running only the expert's tokens against the cached prefix. Not under no_grad:
+        with grad enabled it is differentiable in `noisy_actions` (real-time chunking's guidance);
+        samplers call it under no_grad / inference_mode."""
         return self.conditioned_velocity(prefix, noisy_actions, self.condition(time))
 
-    @torch.no_grad()
     def conditioned_velocity(self, prefix: Prefix, noisy_actions: Tensor, condition: StepCondition) -> Tensor:
         """`denoise_step` with the step's time condition already computed."""
         suffix, cond = self.embed_suffix(prefix.state, noisy_actions, condition.features)
