@@ -209,7 +209,7 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
 
     results = evaluate_tabletop(
         args.output,
-        policy="expert" if args.policy else str(args.checkpoint),
+        policy=_eval_policy(args),
         split=args.split,
         episodes=args.episodes,
         families=[f.strip() for f in args.families.split(",")] if args.families else FAMILIES,
@@ -233,17 +233,29 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_policy(args: argparse.Namespace) -> object:
+    """What `vlaflow eval` runs: the expert, a checkpoint in this process, or a policy server."""
+    import os
+
+    from vlaflow.inference.server import TOKEN_ENV
+    from vlaflow.sim.evaluate import ServerPolicyFactory
+
+    if args.server:
+        return ServerPolicyFactory(args.server, args.token or os.environ.get(TOKEN_ENV) or None)
+    return "expert" if args.policy else str(args.checkpoint)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from vlaflow.sim.evaluate import evaluate_metaworld
     from vlaflow.sim.metaworld import resolve_tasks
 
-    if (args.checkpoint is None) == (args.policy is None):
-        raise ValueError("give exactly one of --checkpoint DIR or --policy expert")
+    if sum(x is not None for x in (args.checkpoint, args.policy, args.server)) != 1:
+        raise ValueError("give exactly one of --checkpoint DIR, --policy expert or --server ws://HOST:PORT")
     if args.benchmark == "tabletop":
         return _eval_tabletop(args)
     results = evaluate_metaworld(
         args.output,
-        policy="expert" if args.policy else str(args.checkpoint),
+        policy=_eval_policy(args),
         tasks=resolve_tasks(args.tasks),
         episodes_per_task=args.episodes_per_task,
         steps_per_chunk=args.steps_per_chunk,
@@ -415,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("benchmark", choices=["metaworld", "tabletop"], help="which simulator")
     evaluate.add_argument("--checkpoint", type=Path, help="a trained model directory")
     evaluate.add_argument("--policy", choices=["expert"], help="run the scripted experts instead")
+    evaluate.add_argument(
+        "--server", help="evaluate through a running `vlaflow serve` (ws://HOST:PORT), not a checkpoint"
+    )
+    evaluate.add_argument("--token", help="the server's token (default: $VLAFLOW_SERVER_TOKEN, or none)")
     evaluate.add_argument("--tasks", default="mt10", help="Meta-World: mt50, mt10, a difficulty, or names")
     evaluate.add_argument("--episodes-per-task", type=int, default=10, help="Meta-World: episodes per task")
     evaluate.add_argument("--split", choices=["train", "ood"], default="ood", help="tabletop scenes")

@@ -414,5 +414,8 @@ def server_for_policy(
         "actions": {"dtype": "float32", "shape": [horizon, policy.action_dim]},
         "control_hz": control_hz(checkpoint_metadata, source),
         "model": {"pi05": model.pi05, "image_size": model.vision.image_size, "num_steps": policy.num_steps},
+        # how training saw the robot, so a client (e.g. a simulator) can render the same way
+        "image_sizes": {camera: list(size) for camera, size in policy.stats.image_sizes.items()},
+        "tasks": list(policy.stats.tasks),
     }
     return PolicyServer(policy.infer_batch, spec, metadata, config)

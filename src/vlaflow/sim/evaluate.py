@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
+from vlaflow.inference import DELAY_KEY, PREV_ACTIONS_KEY
 from vlaflow.sim import metaworld as mw
 from vlaflow.sim.generate import camera_feature, feature_camera
 
@@ -32,34 +33,111 @@ EVAL_SEED = 1_000_000  # demonstrations use seeds from 0: evaluation never repla
 VIDEO_FPS = 40
 
 
+def _model_input(obs: dict[str, Any]) -> dict[str, Any]:
+    """A simulator observation as `Policy` takes it: cameras under the dataset's feature names, and
+    the rollout engine's hints for real-time chunking when it gives them."""
+    images = {camera_feature(camera): image for camera, image in obs["images"].items()}
+    hints = {k: obs[k] for k in (PREV_ACTIONS_KEY, DELAY_KEY) if k in obs}
+    return {"images": images, "state": obs["state"], "prompt": obs["prompt"], **hints}
+
+
 @dataclass
 class CheckpointPolicyFactory:
     """Picklable `task -> policy` for rollout workers: loads the checkpoint once per process and
-    feeds it Meta-World observations under the camera names the training dataset used."""
+    feeds it simulator observations under the camera names the training dataset used. `rtc`
+    (`vlaflow.inference.rtc.RTCConfig`) turns on real-time chunking."""
 
     checkpoint: str
     num_steps: int = 10
     seed: int = 0
+    rtc: Any = None
 
     def __call__(self, task: str) -> Any:
         import torch
 
         from vlaflow.inference.policy import Policy
 
-        if _loaded.get("key") != (self.checkpoint, self.num_steps, self.seed):
+        key = (self.checkpoint, self.num_steps, self.seed, self.rtc)
+        if _loaded.get("key") != key:
             torch.set_num_threads(1)  # one rollout worker per core
-            _loaded["policy"] = Policy.load(self.checkpoint, num_steps=self.num_steps, seed=self.seed)
-            _loaded["key"] = (self.checkpoint, self.num_steps, self.seed)
+            _loaded["policy"] = Policy.load(
+                self.checkpoint, num_steps=self.num_steps, seed=self.seed, rtc=self.rtc
+            )
+            _loaded["key"] = key
         policy = _loaded["policy"]
-
-        def act(obs: dict[str, Any]) -> np.ndarray:
-            images = {camera_feature(camera): image for camera, image in obs["images"].items()}
-            return policy({"images": images, "state": obs["state"], "prompt": obs["prompt"]})
-
-        return act
+        return lambda obs: policy(_model_input(obs))
 
 
 _loaded: dict[str, Any] = {}
+
+
+@dataclass
+class ServerPolicyFactory:
+    """Picklable `task -> policy` that asks a running `vlaflow serve` (openpi's protocol) for every
+    chunk, over one connection per process. The server samples with its own seed (0, as in-process
+    evaluation): on a freshly started server and with one rollout worker, server-backed and
+    in-process evaluation of the same checkpoint and seeds draw the same noise in the same order."""
+
+    uri: str
+    token: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """The server's metadata frame (over a connection of its own, closed again)."""
+        with _connect(self.uri, self.token) as client:
+            return client.get_server_metadata()
+
+    def view(self) -> TrainingView:
+        """The served checkpoint's training view, from the server's metadata (a server that does not
+        say how training rendered: the model's input size)."""
+        metadata = self.metadata()
+        cameras = tuple(
+            feature_camera(k) for k, v in metadata["observation"].items() if v["dtype"] == "uint8"
+        )
+        sizes = list(metadata.get("image_sizes", {}).values())
+        resolution = sizes[0][0] if sizes else metadata["model"]["image_size"]
+        return TrainingView(resolution, cameras, tuple(metadata.get("tasks", ())))
+
+    def __call__(self, task: str) -> _ServerPolicy:
+        spec = self.metadata()["observation"]
+        state_key = next((k for k, v in spec.items() if v["dtype"] == "float32"), None)
+        if state_key is None:
+            raise ValueError(f"server {self.uri}: its metadata names no float32 state entry ({spec})")
+        return _ServerPolicy(self.uri, self.token, state_key)
+
+
+class _ServerPolicy:
+    """One simulator task's view of the shared connection: observation -> the server's reply."""
+
+    def __init__(self, uri: str, token: str | None, state_key: str) -> None:
+        self._key, self._state_key = (uri, token), state_key
+
+    def __call__(self, obs: dict[str, Any]) -> dict[str, Any]:
+        request = {camera_feature(camera): image for camera, image in obs["images"].items()}
+        request.update({self._state_key: obs["state"], "prompt": obs["prompt"]})
+        return _server_client(*self._key).infer(request)
+
+    def close(self) -> None:
+        client = _clients.pop(self._key, None)
+        if client is not None:
+            client.close()
+
+
+_clients: dict[tuple[str, str | None], Any] = {}
+
+
+def _connect(uri: str, token: str | None) -> Any:
+    from vlaflow.client import PolicyClient
+
+    if not uri.startswith(("ws://", "wss://")):
+        raise ValueError(f"server must be a ws:// or wss:// address such as ws://127.0.0.1:8000, got {uri!r}")
+    return PolicyClient(uri, None, token=token, wait_s=5.0)
+
+
+def _server_client(uri: str, token: str | None) -> Any:
+    """The process's connection to `uri`, shared by the policies of every task."""
+    if (uri, token) not in _clients:
+        _clients[uri, token] = _connect(uri, token)
+    return _clients[uri, token]
 
 
 @dataclass(frozen=True)
@@ -87,9 +165,11 @@ def training_view(checkpoint: str | Path) -> TrainingView:
 def resolve_view(
     policy: Any, resolution: int | None, cameras: Sequence[str] | None, defaults: tuple[int, Sequence[str]]
 ) -> tuple[int, tuple[str, ...], TrainingView | None]:
-    """Resolution and cameras to render: as given, else the checkpoint's training view, else the
-    benchmark's defaults (the scripted expert, a policy factory)."""
+    """Resolution and cameras to render: as given, else the checkpoint's training view (a server's:
+    its cameras and input size), else the benchmark's defaults (the scripted expert, a policy factory)."""
     view = training_view(policy) if isinstance(policy, str) and policy != "expert" else None
+    if isinstance(policy, ServerPolicyFactory):
+        view = policy.view()
     resolution = resolution or (view.resolution if view else defaults[0])
     cameras = tuple(cameras or (view.cameras if view else defaults[1]))
     return resolution, cameras, view
@@ -169,7 +249,7 @@ def plot_success(results: dict[str, Any], out: Path, title: str) -> None:
 def evaluate_metaworld(
     output: str | Path,
     *,
-    policy: str,
+    policy: str | ServerPolicyFactory,
     tasks: Sequence[str],
     episodes_per_task: int,
     steps_per_chunk: int = 5,
@@ -179,16 +259,19 @@ def evaluate_metaworld(
     cameras: Sequence[str] | None = None,
     videos_per_task: int = 2,
     num_steps: int = 10,
+    max_steps: int = mw.DEFAULT_MAX_STEPS,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate `policy` ("expert" or a checkpoint directory) and write results, chart and videos.
+    """Evaluate `policy` ("expert", a checkpoint directory, or a policy server) and write results,
+    chart and videos.
 
     A checkpoint is rendered at its training resolution with its training cameras unless
     `resolution` / `cameras` say otherwise (the expert: 224 px, corner2); tasks whose prompt the
     checkpoint never trained on are warned about and listed in the results."""
     output = Path(output)
     expert = policy == "expert"
-    if not expert and not (Path(policy) / "config.json").is_file():
+    served = isinstance(policy, ServerPolicyFactory)
+    if not expert and not served and not (Path(policy) / "config.json").is_file():
         raise FileNotFoundError(f"--checkpoint {policy}: not a vlaflow model directory (no config.json)")
     resolution, cameras, view = resolve_view(policy, resolution, cameras, (224, ("corner2",)))
     untrained = [t for t in tasks if view and view.prompts and mw.TASK_DESCRIPTIONS[t] not in view.prompts]
@@ -196,7 +279,7 @@ def evaluate_metaworld(
         warnings.warn(
             f"the checkpoint never trained on {untrained} (its prompts: {list(view.prompts)})", stacklevel=2
         )
-    factory = mw.ExpertPolicy if expert else CheckpointPolicyFactory(policy, num_steps=num_steps)
+    factory = mw.ExpertPolicy if expert else policy if served else CheckpointPolicyFactory(policy, num_steps)
     jobs = mw.episode_jobs(tasks, episodes_per_task, seed=seed)
     recorded = {(t, seed + i) for t in tasks for i in range(min(videos_per_task, episodes_per_task))}
     # The expert reads the simulator state: render only the episodes that become videos.
@@ -210,7 +293,7 @@ def evaluate_metaworld(
             jobs,
             factory,
             workers=workers,
-            env_kwargs={"cameras": rendered, "resolution": resolution},
+            env_kwargs={"cameras": rendered, "resolution": resolution, "max_steps": max_steps},
             steps_per_chunk=1 if expert else steps_per_chunk,
             record=recorded,
         ):
@@ -225,19 +308,24 @@ def evaluate_metaworld(
         bar.close()
     results = summarize({t: successes[t] for t in tasks}, dict(lengths))
     results["settings"] = {
-        "policy": policy,
+        "policy": policy.uri if served else policy,
         "episodes_per_task": episodes_per_task,
         "steps_per_chunk": 1 if expert else steps_per_chunk,
-        "max_steps": mw.DEFAULT_MAX_STEPS,
+        "max_steps": max_steps,
         "seed": seed,
         "resolution": resolution,
         "cameras": list(cameras),
         "untrained_tasks": untrained,
-        "denoising_steps": None if expert else num_steps,
+        "denoising_steps": None
+        if expert
+        else policy.metadata()["model"]["num_steps"]
+        if served
+        else num_steps,
         "seconds": time.perf_counter() - start,
     }
     (output / "results.json").write_text(json.dumps(results, indent=2))
+    name = results["settings"]["policy"]
     plot_success(
-        results, output / "success.png", f"Meta-World, policy: {'scripted expert' if expert else policy}"
+        results, output / "success.png", f"Meta-World, policy: {'scripted expert' if expert else name}"
     )
     return results
