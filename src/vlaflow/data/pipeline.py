@@ -7,14 +7,15 @@ source's statistics, the prompt tokenized (pi0.5 writes the normalized state int
 actions zero-padded to the model's `action_dim`, and a loss mask that is False on padded action
 dimensions and on chunk steps past the episode's end.
 
-Every sample also says which losses it supports (`has_actions` now; text targets later), so
-samples of different kinds can share a batch and contribute only to their own losses.
+Every sample carries every target of the run (text target, FAST tokens, action chunk), each with a
+mask that is False where the sample lacks it, so samples of different kinds (robot frames, high-level
+annotations, web questions: `vlaflow.data.mixture`) share a batch and contribute only to their own
+losses. `assemble` is the one place a sample's tensors are made.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,7 @@ from vlaflow.data.stats import (
 from vlaflow.data.transforms import pad_to_dim, resize_with_pad, to_model_range
 from vlaflow.models import Observation, VLAConfig
 from vlaflow.tokenizers import FastTokenizer, Tokenizer, action_target_ids, model_prompt
-from vlaflow.tokenizers.prompts import pad_tokens
-
-log = logging.getLogger(__name__)
+from vlaflow.tokenizers.prompts import high_level_text, pad_tokens, subtask_text, text_target
 
 
 @dataclass(frozen=True)
@@ -182,6 +181,10 @@ class Source:
         self.stats = stats or source_stats(self.dataset, config, model.action_horizon, self.cameras)
         self.state_norm = Normalizer(self.stats.state, normalization)
         self.action_norm = Normalizer(self.stats.actions, normalization)
+        # High-level targets box what the subtask involves in the first image slot's camera.
+        first_camera = next(iter(self.cameras.values()), None)
+        boxes = None if first_camera is None else boxes_column(first_camera)
+        self.boxes_key = boxes if boxes in self.dataset.meta.features else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -194,54 +197,134 @@ class Source:
         )
 
     def sample(
-        self,
-        key: SampleKey,
-        *,
-        tokenizer: Tokenizer,
-        augment: bool,
-        seed: int,
-        action_tokens: ActionTokens | None = None,
+        self, key: SampleKey, fmt: SampleFormat, *, kind: str = "robot", subtask_target: bool = False
     ) -> dict[str, Any]:
+        """Frame `key.index` as a sample of `kind`: "robot" / "verbal" (the action chunk, FAST tokens,
+        and with `subtask_target` the frame's subtask line where it has one) or "high_level" (text
+        only: the high-level target of its subtask and boxes)."""
         frame = self.dataset[key.index]
-        g = torch.Generator().manual_seed(int(np.random.default_rng([seed, key.n, 1]).integers(2**62)))
-        size = self.model.vision.image_size
-        images, masks = {}, {}
-        for slot in self.model.image_keys:
-            if slot not in self.cameras:
-                images[slot] = torch.full((size, size, 3), -1.0)
-                masks[slot] = torch.tensor(False)
-                continue
-            image = resize_with_pad(torch.from_numpy(frame[self.cameras[slot]]), size, size)
-            if augment:
-                chw = image.permute(2, 0, 1).float() / 255.0
-                image = augment_image(chw, wrist="wrist" in slot, generator=g).permute(1, 2, 0) * 2.0 - 1.0
-            else:
-                image = to_model_range(image)
-            images[slot], masks[slot] = image, torch.tensor(True)
-
+        images, masks = model_images(
+            self.model,
+            {slot: frame[camera] for slot, camera in self.cameras.items()},
+            augment=fmt.augment,
+            generator=sample_generator(fmt.seed, key.n),
+        )
         raw_state = np.asarray(frame[self.config.state_key], dtype=np.float32)
-        actions = to_delta(frame[self.config.action_key], raw_state, self.config.delta_action_mask)
         state = self.state_norm.normalize(raw_state)
-        actions = self.action_norm.normalize(actions)
-        tokens, token_mask = model_prompt(self.model, tokenizer, self.config.prompt or frame["task"], state)
-        action_mask = np.zeros((self.model.action_horizon, self.model.action_dim), dtype=bool)
-        action_mask[:, : self.action_dim] = ~frame[f"{self.config.action_key}_is_pad"][:, None]
-        sample = {}
-        if action_tokens is not None:
-            fast_tokens, fast_mask = action_tokens.target(tokenizer, actions)
-            sample = {"fast_tokens": torch.from_numpy(fast_tokens), "fast_mask": torch.from_numpy(fast_mask)}
-        return sample | {
-            "images": images,
-            "image_masks": masks,
-            "state": pad_to_dim(torch.from_numpy(state), self.model.action_dim),
-            "tokens": torch.from_numpy(tokens),
-            "token_mask": torch.from_numpy(token_mask),
-            "actions": pad_to_dim(torch.from_numpy(actions), self.model.action_dim),
-            "action_mask": torch.from_numpy(action_mask),
-            "has_actions": torch.tensor(True),
-            "id": torch.tensor(key.n),
-            "source": torch.tensor(key.source),
-        }
+        prompt = model_prompt(self.model, fmt.tokenizer, self.config.prompt or frame["task"], state)
+        subtask = frame.get("subtask") or None
+        if kind == "high_level":
+            if subtask is None:
+                raise ValueError(
+                    f"{self.config.path}: frame {key.index} has no subtask for a high-level sample"
+                )
+            boxes = frame[self.boxes_key] if self.boxes_key else ""
+            return assemble(
+                self.model, fmt, key, images, masks, prompt, state, text=high_level_text(subtask, boxes)
+            )
+        actions = to_delta(frame[self.config.action_key], raw_state, self.config.delta_action_mask)
+        return assemble(
+            self.model,
+            fmt,
+            key,
+            images,
+            masks,
+            prompt,
+            state,
+            text=subtask_text(subtask) if subtask_target and subtask else None,
+            actions=self.action_norm.normalize(actions),
+            action_pad=frame[f"{self.config.action_key}_is_pad"],
+        )
+
+
+def boxes_column(camera_key: str) -> str:
+    """The column of a camera's `<loc>` boxes: observation.images.scene -> annotation.boxes.scene."""
+    return "annotation.boxes." + camera_key.removeprefix("observation.images.")
+
+
+def sample_generator(seed: int, n: int) -> torch.Generator:
+    """The randomness of sample number `n` (its augmentation), the same in any process."""
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, n, 1]).integers(2**62)))
+
+
+def model_images(
+    model: VLAConfig, slot_images: Mapping[str, np.ndarray], *, augment: bool, generator: torch.Generator
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """uint8 (H, W, 3) images by model slot -> the model's images in [-1, 1] (resize-with-pad, the
+    reference's augmentation) and masks; slots without an image are black with mask False."""
+    size = model.vision.image_size
+    images, masks = {}, {}
+    for slot in model.image_keys:
+        if slot not in slot_images:
+            images[slot] = torch.full((size, size, 3), -1.0)
+            masks[slot] = torch.tensor(False)
+            continue
+        image = resize_with_pad(torch.from_numpy(np.ascontiguousarray(slot_images[slot])), size, size)
+        if augment:
+            chw = image.permute(2, 0, 1).float() / 255.0
+            image = (
+                augment_image(chw, wrist="wrist" in slot, generator=generator).permute(1, 2, 0) * 2.0 - 1.0
+            )
+        else:
+            image = to_model_range(image)
+        images[slot], masks[slot] = image, torch.tensor(True)
+    return images, masks
+
+
+def assemble(
+    model: VLAConfig,
+    fmt: SampleFormat,
+    key: SampleKey,
+    images: dict[str, Tensor],
+    masks: dict[str, Tensor],
+    prompt: tuple[np.ndarray, np.ndarray],
+    state: np.ndarray | None,
+    *,
+    text: str | None = None,
+    actions: np.ndarray | None = None,
+    action_pad: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One training sample of any kind, with every target the run trains (`fmt`): a target the
+    sample lacks is zeros with a False mask, so it adds nothing to that loss term.
+
+    `state` (S,) and `actions` (H, A) are normalized (state None: zeros); `action_pad` (H,) flags
+    chunk steps past the episode's end; `text` is the text target (None: none)."""
+    h, d = model.action_horizon, model.action_dim
+    sample: dict[str, Any] = {
+        "images": images,
+        "image_masks": masks,
+        "state": pad_to_dim(torch.from_numpy(np.zeros(d, np.float32) if state is None else state), d),
+        "tokens": torch.from_numpy(prompt[0]),
+        "token_mask": torch.from_numpy(prompt[1]),
+        "has_actions": torch.tensor(actions is not None),
+        "id": torch.tensor(key.n),
+        "source": torch.tensor(key.source),
+    }
+    action_mask = np.zeros((h, d), dtype=bool)
+    if actions is None:
+        sample["actions"] = torch.zeros(h, d)
+    else:
+        action_mask[:, : actions.shape[-1]] = ~np.asarray(action_pad, dtype=bool)[:, None]
+        sample["actions"] = pad_to_dim(torch.from_numpy(actions), d)
+    sample["action_mask"] = torch.from_numpy(action_mask)
+    if fmt.action_tokens is not None:
+        length = fmt.action_tokens.max_len
+        tokens, mask = (
+            fmt.action_tokens.target(fmt.tokenizer, actions)
+            if actions is not None
+            else (np.zeros(length, np.int64), np.zeros(length, bool))
+        )
+        sample |= {"fast_tokens": torch.from_numpy(tokens), "fast_mask": torch.from_numpy(mask)}
+    if fmt.text_len is not None:
+        tokens, mask = (
+            text_target(fmt.tokenizer, text, fmt.text_len)
+            if text is not None
+            else (np.zeros(fmt.text_len, np.int64), np.zeros(fmt.text_len, bool))
+        )
+        sample |= {"text_tokens": torch.from_numpy(tokens), "text_mask": torch.from_numpy(mask)}
+    elif text is not None:
+        raise ValueError("a sample has a text target but the run has none (SampleFormat.text_len is None)")
+    return sample
 
 
 def normalized_action_chunks(
@@ -264,27 +347,45 @@ class ActionTokens:
     max_len: int
 
     def target(self, tokenizer: Tokenizer, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        fast_ids = self.fast.encode(chunk[:, : self.fast.action_dim])[0]
+        """A robot with fewer action dims than the tokenizer's has its chunk zero-padded to them."""
+        dims = self.fast.action_dim
+        if chunk.shape[-1] > dims:
+            raise ValueError(f"action chunk of {chunk.shape[-1]} dims; the FAST tokenizer has {dims}")
+        padded = np.pad(chunk, ((0, 0), (0, dims - chunk.shape[-1])))
+        fast_ids = self.fast.encode(padded)[0]
         ids = action_target_ids(tokenizer, [self.offset + i for i in fast_ids])
-        if len(ids) > self.max_len:
-            log.warning("FAST target of %d tokens cut to max_fast_tokens=%d", len(ids), self.max_len)
-        return pad_tokens(ids, self.max_len)
+        return pad_tokens(ids, self.max_len, what="FAST target", setting="max_fast_tokens")
+
+
+@dataclass(frozen=True)
+class SampleFormat:
+    """What every sample of a run holds, so samples of any kind stack into one batch: the tokenizer,
+    augmentation and seed, the FAST target builder (models with FAST tokens) and the text-target
+    length (None: no sample of the run has a text target)."""
+
+    tokenizer: Tokenizer
+    augment: bool
+    seed: int
+    action_tokens: ActionTokens | None = None
+    text_len: int | None = None
 
 
 class TrainingSamples(torch.utils.data.Dataset):
-    """Map-style dataset indexed by `SampleKey`s (from `StepSampler`)."""
+    """Map-style dataset indexed by `SampleKey`s (from `StepSampler`) over the mixture's sources:
+    anything with `sample(key, fmt)` (a `Source`'s frames, or `vlaflow.data.mixture` kinds)."""
 
     def __init__(
         self,
-        sources: list[Source],
+        sources: Sequence[Any],
         tokenizer: Tokenizer,
         *,
         augment: bool,
         seed: int,
         action_tokens: ActionTokens | None = None,
+        text_len: int | None = None,
     ):
-        self.sources, self.tokenizer, self.augment, self.seed = sources, tokenizer, augment, seed
-        self.action_tokens = action_tokens
+        self.sources = sources
+        self.format = SampleFormat(tokenizer, augment, seed, action_tokens, text_len)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -295,14 +396,7 @@ class TrainingSamples(torch.utils.data.Dataset):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            source = self.sources[key.source]
-            return source.sample(
-                key,
-                tokenizer=self.tokenizer,
-                augment=self.augment,
-                seed=self.seed,
-                action_tokens=self.action_tokens,
-            )
+            return self.sources[key.source].sample(key, self.format)
         finally:
             torch.set_num_threads(threads)
 
@@ -317,8 +411,13 @@ class Batch:
     sources: Tensor  # (B,) source index
     fast_tokens: Tensor | None = None  # (B, L) the FAST action target, for models with FAST tokens
     fast_mask: Tensor | None = None  # (B, L) bool: its real tokens (each carries cross-entropy)
+    text_tokens: Tensor | None = None  # (B, T) text targets (subtask, high-level, answer) + EOS
+    text_mask: Tensor | None = None  # (B, T) bool: their real tokens (each carries cross-entropy)
 
     def to(self, device: torch.device | str) -> Batch:
+        def move(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(device)
+
         return Batch(
             observation=self.observation.to(device),
             actions=self.actions.to(device),
@@ -326,8 +425,10 @@ class Batch:
             has_actions=self.has_actions.to(device),
             ids=self.ids,
             sources=self.sources,
-            fast_tokens=None if self.fast_tokens is None else self.fast_tokens.to(device),
-            fast_mask=None if self.fast_mask is None else self.fast_mask.to(device),
+            fast_tokens=move(self.fast_tokens),
+            fast_mask=move(self.fast_mask),
+            text_tokens=move(self.text_tokens),
+            text_mask=move(self.text_mask),
         )
 
 
@@ -351,6 +452,8 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         sources=stack("source"),
         fast_tokens=stack("fast_tokens") if "fast_tokens" in samples[0] else None,
         fast_mask=stack("fast_mask") if "fast_mask" in samples[0] else None,
+        text_tokens=stack("text_tokens") if "text_tokens" in samples[0] else None,
+        text_mask=stack("text_mask") if "text_mask" in samples[0] else None,
     )
 
 

@@ -77,14 +77,29 @@ class StepSampler:
         if len(self.sizes) == 1:
             size = self.sizes[0]
             return [SampleKey(n, 0, int(_permutation(self.seed, n // size, size)[n % size])) for n in numbers]
-        rng = np.random.default_rng([self.seed, step])
-        sources = rng.choice(len(self.sizes), size=self.global_batch, p=self.p)
+        rng, sources = self._step_sources(step)
         frames = rng.random(self.global_batch)
         slots = range(self.offset, self.offset + self.local)
         return [
             SampleKey(n, int(sources[j]), int(frames[j] * self.sizes[sources[j]]))
             for n, j in zip(numbers, slots, strict=True)
         ]
+
+    def _step_sources(self, step: int) -> tuple[np.random.Generator, np.ndarray]:
+        """The step's generator and the source of each of its global batch's samples."""
+        rng = np.random.default_rng([self.seed, step])
+        return rng, rng.choice(len(self.sizes), size=self.global_batch, p=self.p)
+
+    def source_counts(self) -> np.ndarray:
+        """(sources,) how many samples of the whole global batch, over steps [start, stop), each
+        source gives: the realised mixture (all processes together)."""
+        counts = np.zeros(len(self.sizes), dtype=np.int64)
+        if len(self.sizes) == 1:
+            counts[0] = len(self) * self.global_batch
+            return counts
+        for step in range(self.start, self.stop):
+            counts += np.bincount(self._step_sources(step)[1], minlength=len(self.sizes))
+        return counts
 
 
 @lru_cache(maxsize=4)

@@ -6,6 +6,13 @@ FAST:  BOS + "Task: {prompt}, State: {b1 b2 ... bN};\\n" (models with FAST token
        target that follows is "Action: " + FAST ids + "|" + EOS, the reference's pi0-FAST layout)
 where the prompt is stripped with `_` and newlines replaced by spaces, and b_i are the state's
 256-bin indices. Tokens are padded with id 0 (mask False) or truncated to `max_len`.
+
+Text targets (after the prompt, causal, each ending with EOS):
+subtask:    "Subtask: {subtask}" (a robot frame's label; the actions that follow are conditioned on it)
+high level: "Bounding boxes: {<locY0><locX0><locY1><locX1> label ; ...}\nSubtask: {subtask}"
+            (PaliGemma's box format; without boxes it is the subtask line alone)
+A question about an image (caption, VQA, detection: no state, no actions) uses PaliGemma's prefix
+"BOS + prompt + \n", the pi0 format, and its answer is the text target.
 """
 
 from __future__ import annotations
@@ -40,6 +47,32 @@ def discretize_state(state: np.ndarray) -> np.ndarray:
 
 ACTION_START = "Action: "
 ACTION_END = "|"
+SUBTASK_START = "Subtask:"
+BOXES_START = "Bounding boxes:"
+
+
+def subtask_text(subtask: str) -> str:
+    """The subtask target. Decoding forces `SUBTASK_START` (whose tokens begin every subtask
+    target's) and reads the subtask from what follows."""
+    return f"{SUBTASK_START} {clean_prompt(subtask)}"
+
+
+def high_level_text(subtask: str, boxes: str) -> str:
+    """The high-level target: the boxes of what the subtask involves, then the subtask line."""
+    boxes = boxes.strip()
+    return f"{BOXES_START} {boxes}\n{subtask_text(subtask)}" if boxes else subtask_text(subtask)
+
+
+def text_target(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """A padded text target: the text's ids + EOS (tokens int64 [max_len], mask bool [max_len])."""
+    return pad_tokens(
+        tokenizer.encode(text, add_eos=True), max_len, what="text target", setting="max_text_tokens"
+    )
+
+
+def question_prompt(config: VLAConfig, tokenizer: Tokenizer, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """The padded prompt of a question about images (no state): PaliGemma's "BOS + prompt + \n"."""
+    return pad_tokens(prompt_token_ids(tokenizer, prompt, None, pi05=False), config.max_token_len)
 
 
 def pi05_prompt_text(prompt: str, state: np.ndarray, *, fast: bool = False) -> str:
@@ -82,10 +115,12 @@ def model_prompt(
     )
 
 
-def pad_tokens(ids: list[int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_tokens(
+    ids: list[int], max_len: int, *, what: str = "prompt", setting: str = "max_token_len"
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens int64 [max_len], mask bool [max_len]); longer inputs are truncated with a warning."""
     if len(ids) > max_len:
-        log.warning("prompt has %d tokens, truncated to max_token_len=%d", len(ids), max_len)
+        log.warning("%s has %d tokens, truncated to %s=%d", what, len(ids), setting, max_len)
         ids = ids[:max_len]
     tokens = np.zeros(max_len, dtype=np.int64)
     tokens[: len(ids)] = ids

@@ -17,6 +17,9 @@ Named configs (`vlaflow train --config NAME`):
 * `pi05_ki_tiny_stage2`, `pi05_ki_full_stage2`: its second stage, from the stage-1 checkpoint
   (`init=DIR`): a freshly initialized action expert, knowledge insulation, loss = CE(FAST) +
   10 * flow.
+* `pi05_tabletop_tiny`, `pi05_tabletop_full`: hierarchical pi0.5 co-trained on every kind of sample
+  a `vlaflow generate tabletop` directory holds (`TABLETOP_KINDS`), plus any other robot given
+  with another `--dataset`; see `_tabletop`.
 
 Overrides are dotted paths with JSON values (bare words are strings): `batch_size=8`,
 `optim.peak_lr=1e-4`, `model_overrides.action_horizon=10`, `freeze=["vision"]`. Every value is
@@ -34,8 +37,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlaflow.data.mixture import SAMPLE_KINDS
 from vlaflow.data.pipeline import SourceConfig
 from vlaflow.models import VLAConfig
+from vlaflow.models.presets import FAST_VOCAB, TINY_FAST_VOCAB
 from vlaflow.training.optim import OptimConfig
 
 
@@ -76,6 +81,15 @@ class TrainConfig:
     keep_last: int = _setting(3, "checkpoints kept (older ones are deleted)")
     num_workers: int = _setting(2, "data loader processes (0: load in the training process)")
     mixture_exponent: float = _setting(0.43, "a source's default weight is its frames ** this")
+    sample_kinds: dict[str, float | None] = _setting(
+        {"robot": None, "verbal": None},
+        f"kinds of samples drawn from each dataset ({', '.join(SAMPLE_KINDS)}) -> mixture weight "
+        "(null: its samples ** mixture_exponent)",
+    )
+    subtask_targets: bool = _setting(
+        False, "robot frames with a subtask also predict it as text, and their actions follow it"
+    )
+    max_text_tokens: int = _setting(48, "text target length (subtask, high-level, answer + EOS), padded")
     cameras: dict[str, str] | None = _setting(None, "model image slot -> dataset camera (default: in order)")
     delta_action_mask: list[bool] | None = _setting(None, "action dims trained relative to the state")
     prompt: str | None = _setting(None, "prompt for every frame instead of the dataset's tasks")
@@ -111,7 +125,20 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        for name in ("batch_size", "steps", "log_every", "save_every", "val_every", "val_samples"):
+        unknown_kinds = sorted(set(self.sample_kinds) - set(SAMPLE_KINDS))
+        if unknown_kinds or not self.sample_kinds:
+            raise ValueError(
+                f"sample_kinds: expected some of {list(SAMPLE_KINDS)}, got {sorted(self.sample_kinds)}"
+            )
+        for name in (
+            "batch_size",
+            "steps",
+            "log_every",
+            "save_every",
+            "val_every",
+            "val_samples",
+            "max_text_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.keep_last < 0:
@@ -231,6 +258,43 @@ def _stage2(config: TrainConfig, expert: str) -> TrainConfig:
     return TrainConfig.from_dict(config.to_dict())
 
 
+TABLETOP_KINDS: dict[str, float | None] = {
+    "robot": None,  # task episodes: flow + FAST + "Subtask: ..." where labelled
+    "verbal": None,  # verbal-instruction episodes: prompt = the command; flow + FAST
+    "high_level": None,  # labelled frames: prompt -> "Bounding boxes: ...\nSubtask: ..." (text only)
+    "web": None,  # captions, VQA, detection with <loc> answers (text only)
+}
+
+
+def _tabletop(config: TrainConfig) -> TrainConfig:
+    """Hierarchical pi0.5 on a `vlaflow generate tabletop` directory: every kind of sample it holds
+    (`TABLETOP_KINDS`), each weighted by its samples ** 0.43 like any other `--dataset` (another
+    robot, e.g. Meta-World, adds its robot frames); FAST tokens next to the flow; robot frames
+    predict their subtask, and their actions are conditioned on it (hierarchical inference)."""
+    config.sample_kinds = dict(TABLETOP_KINDS)
+    config.subtask_targets = True
+    return TrainConfig.from_dict(config.to_dict())
+
+
+def _tabletop_tiny() -> TrainConfig:
+    """From scratch on a CPU: FAST + flow without insulation (one-stage insulation from scratch did
+    worst in docs/results/fast-and-insulation.md), the flow term weighted 1; chunks of 10 actions
+    (half a second; the benchmark executes 5 per inference) keep FAST targets short."""
+    config = _tiny("pi05_tiny")
+    config.model_overrides = {"fast_vocab_size": TINY_FAST_VOCAB, "action_horizon": 10}
+    return _tabletop(config)
+
+
+def _tabletop_full() -> TrainConfig:
+    """The recipe's post-training from converted pi0.5 weights (`init=DIR`): FAST tokens, knowledge
+    insulation, flow weight alpha = 10."""
+    config = _full("pi05")
+    config.model_overrides = {"fast_vocab_size": FAST_VOCAB, "knowledge_insulation": True}
+    config.flow_weight = 10.0
+    config.max_fast_tokens = 180  # the FAST paper's length for single-arm robots
+    return _tabletop(config)
+
+
 CONFIGS = {
     "pi05_tiny": lambda: _tiny("pi05_tiny"),
     "pi0fast_tiny": lambda: _tiny("pi0fast_tiny"),
@@ -243,6 +307,8 @@ CONFIGS = {
     "pi05_full": lambda: _full("pi05"),
     "pi0_full": lambda: _full("pi0"),
     "pi05_full_lora": lambda: _full("pi05", freeze=["vision"], lora={"vlm": 16, "expert": 32}),
+    "pi05_tabletop_tiny": _tabletop_tiny,
+    "pi05_tabletop_full": _tabletop_full,
 }
 
 

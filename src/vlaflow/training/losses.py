@@ -27,6 +27,9 @@ def batch_targets(batch: Batch, *, flow: bool, reference_reduction: bool) -> Tar
     if reference_reduction:
         action_mask = batch.has_actions[:, None, None].expand_as(batch.action_mask)
     return Targets(
+        text_tokens=batch.text_tokens,
+        text_mask=batch.text_mask,
+        text_loss=batch.text_mask,
         fast_tokens=batch.fast_tokens,
         fast_mask=batch.fast_mask,
         fast_loss=batch.fast_mask,

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vlaflow.data.lerobot import LeRobotMeta
+from vlaflow.data.mixture import WebSamples, frame_kinds
 from vlaflow.data.pipeline import (
     ActionTokens,
     Batch,
@@ -183,6 +184,14 @@ class Trainer:
                         episodes=held_out,
                     )
                 )
+        self.mixture = self._mixture(self.sources, web=True)
+        self.val_mixture = self._mixture(self.val_sources, web=False)
+        if not self.mixture:
+            raise ValueError(
+                f"the datasets hold none of the sample kinds {sorted(config.sample_kinds)} (sample_kinds)"
+            )
+        has_text = any(entry.has_text for entry, _ in self.mixture)
+        self.text_len = config.max_text_tokens if has_text else None
         self._val_batches: list[Batch] | None = None
         self.loss_weights = {"flow": config.flow_weight}
         self.action_tokens = self._action_tokens(existing if self.state is not None else None)
@@ -236,6 +245,20 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------------
 
+    def _mixture(self, sources: list[Source], *, web: bool) -> list[tuple[Any, float | None]]:
+        """(mixture source, its weight or None for samples ** exponent) for each kind of sample
+        (`vlaflow.data.mixture`) each dataset holds; a kind's weight, else the dataset's."""
+        c = self.config
+        out = []
+        for source in sources:
+            entries: list[Any] = frame_kinds(source, c.sample_kinds, subtask_targets=c.subtask_targets)
+            if web and "web" in c.sample_kinds and WebSamples.available(source.config.path):
+                entries.append(WebSamples(source.config.path, self.model_config, source.cameras))
+            for entry in entries:
+                weight = c.sample_kinds.get(entry.kind)
+                out.append((entry, source.config.weight if weight is None else weight))
+        return out
+
     def _action_tokens(self, checkpoint: Path | None) -> ActionTokens | None:
         """The FAST target builder of a model with FAST tokens: the tokenizer of the checkpoint being
         resumed, else `fast_tokenizer=DIR`, else the `init` model's, else one fitted here on the
@@ -250,13 +273,14 @@ class Trainer:
             fast = FastTokenizer.load(c.fast_tokenizer)
         elif init_dir is not None and init_dir.is_dir():
             fast = FastTokenizer.load(init_dir)
-        else:
-            dims = {s.action_dim for s in self.sources}
-            if len(dims) != 1:
-                raise ValueError(
-                    f"fitting one FAST tokenizer needs one action dimension; the datasets have {dims}"
-                )
-            chunks = np.concatenate([s.normalized_chunks() for s in self.sources])
+        else:  # robots with fewer action dims are zero-padded to the most (the pi0 paper's rule)
+            dims = max(s.action_dim for s in self.sources)
+            chunks = np.concatenate(
+                [
+                    np.pad(s.normalized_chunks(), ((0, 0), (0, 0), (0, dims - s.action_dim)))
+                    for s in self.sources
+                ]
+            )
             fast = FastTokenizer.fit(chunks, vocab_size=m.fast_vocab_size, scale=c.fast_scale)
         if fast.vocab_size > m.fast_vocab_size or fast.action_horizon != m.action_horizon:
             raise ValueError(
@@ -265,12 +289,12 @@ class Trainer:
             )
         return ActionTokens(fast=fast, offset=m.vocab_size, max_len=c.max_fast_tokens)
 
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def _sampler(self) -> StepSampler:
         c = self.config
-        sizes = [len(s) for s in self.sources]
-        sampler = StepSampler(
+        sizes = [len(entry) for entry, _ in self.mixture]
+        return StepSampler(
             sizes,
-            mixture_weights(sizes, [s.config.weight for s in self.sources], c.mixture_exponent),
+            mixture_weights(sizes, [weight for _, weight in self.mixture], c.mixture_exponent),
             global_batch=c.batch_size,
             seed=c.seed,
             start=self.start,
@@ -278,8 +302,25 @@ class Trainer:
             rank=self.runtime.rank,
             world=self.runtime.world,
         )
+
+    def _realised_mixture(self, sampler: StepSampler) -> dict[str, dict[str, float]]:
+        """Per mixture source: the samples it gives over the steps still to run (all processes) and
+        its share by weight."""
+        counts = sampler.source_counts()
+        return {
+            entry.name: {"samples": int(n), "weight": float(p)}
+            for (entry, _), n, p in zip(self.mixture, counts, sampler.p, strict=True)
+        }
+
+    def _loader(self, sampler: StepSampler) -> torch.utils.data.DataLoader:
+        c = self.config
         samples = TrainingSamples(
-            self.sources, self.tokenizer, augment=c.augment, seed=c.seed, action_tokens=self.action_tokens
+            [entry for entry, _ in self.mixture],
+            self.tokenizer,
+            augment=c.augment,
+            seed=c.seed,
+            action_tokens=self.action_tokens,
+            text_len=self.text_len,
         )
         return torch.utils.data.DataLoader(
             samples,
@@ -330,17 +371,19 @@ class Trainer:
         built once: every validation sees the same frames, noise and times."""
         if self._val_batches is None:
             keys, n = [], VALIDATION_IDS
-            per_source = max(1, self.config.val_samples // len(self.val_sources))
-            for i, source in enumerate(self.val_sources):
-                for frame in np.unique(np.linspace(0, len(source) - 1, per_source).round().astype(int)):
+            entries = [entry for entry, _ in self.val_mixture]
+            per_source = max(1, self.config.val_samples // len(entries))
+            for i, entry in enumerate(entries):
+                for frame in np.unique(np.linspace(0, len(entry) - 1, per_source).round().astype(int)):
                     keys.append(SampleKey(n, i, int(frame)))
                     n += 1
             samples = TrainingSamples(
-                self.val_sources,
+                entries,
                 self.tokenizer,
                 augment=False,
                 seed=self.config.seed,
                 action_tokens=self.action_tokens,
+                text_len=self.text_len,
             )
             size = self.config.batch_size
             self._val_batches = [
@@ -446,11 +489,16 @@ class Trainer:
         if main and self.progress and self.held_out:
             held = ", ".join(f"{name}: {len(eps)} episodes" for name, eps in self.held_out.items())
             tqdm.write(f"validation every {c.val_every} steps on held-out episodes ({held})")
+        sampler = self._sampler()
+        # The realised mixture goes on the run's first row of metrics.jsonl (every row keeps its losses).
+        first_row_extra = {"mixture": self._realised_mixture(sampler)} if main else {}
+        if main and self.progress:
+            tqdm.write(_mixture_table(first_row_extra["mixture"], self.start, c.steps))
         losses: list[tuple[int, float]] = []
         last_checkpoint = None
         tick, done_since_log = time.perf_counter(), 0
         self.model.train()
-        for step, batch in zip(range(self.start, c.steps), self._loader(), strict=False):
+        for step, batch in zip(range(self.start, c.steps), self._loader(sampler), strict=False):
             terms, grad_norm = self._step(step, batch)
             loss = terms["loss"]
             number = step + 1
@@ -474,8 +522,9 @@ class Trainer:
                     row.update(self._validate())
                     bar.set_postfix(loss=f"{loss:.4f}", val=f"{row['val_loss']:.4f}", refresh=False)
                 if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
+                    metrics.write(json.dumps({**row, **first_row_extra}) + "\n")
                     metrics.flush()
+                    first_row_extra = {}
                 if board is not None:
                     for k, v in row.items():
                         if k != "step":
@@ -543,6 +592,16 @@ def load_initial_weights(model: VLA, initial: VLA) -> None:
         raise ValueError(
             f"init checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def _mixture_table(mixture: dict[str, dict[str, float]], start: int, stop: int) -> str:
+    total = max(1, sum(int(m["samples"]) for m in mixture.values()))
+    width = max(len(name) for name in mixture)
+    lines = [f"mixture of steps {start}-{stop} ({total} samples): source, samples, share (by weight)"]
+    for name, m in mixture.items():
+        share = 100 * m["samples"] / total
+        lines.append(f"  {name:<{width}}  {int(m['samples']):>8}  {share:5.1f}%  ({100 * m['weight']:.1f}%)")
+    return "\n".join(lines)
 
 
 def _loss_row(means: dict[str, Tensor], weights: dict[str, float]) -> dict[str, float]:
