@@ -156,6 +156,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from vlaflow.inference.ask import answer_boxes, ask
+    from vlaflow.pretrained import load_pretrained
+
+    loaded = load_pretrained(args.checkpoint)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{args.checkpoint} names no tokenizer")
+    images = []
+    for path in args.image:
+        with Image.open(path) as image:
+            images.append(np.array(image.convert("RGB")))
+    answer = ask(loaded.model, loaded.tokenizer, images, args.prompt, max_new_tokens=args.max_tokens)
+    print(answer)
+    drawn = answer_boxes(images[0], answer)
+    if drawn is not None:
+        output = args.output or args.image[0].with_name(f"{args.image[0].stem}_answer.png")
+        Image.fromarray(drawn).save(output)
+        print(f"boxes drawn on {args.image[0]}: {output}")
+    return 0
+
+
 def _cameras(args: argparse.Namespace, default: str) -> list[str]:
     return [c.strip() for c in (args.cameras or default).split(",") if c.strip()]
 
@@ -364,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--steps", type=int, default=10, help="Euler steps of the flow")
     infer.add_argument("--seed", type=int, default=0, help="seed of the weights (preset), images and noise")
     infer.set_defaults(run=_infer)
+
+    ask_command = _command(
+        commands, "ask", "ask a trained model about images: captions, VQA, detection (boxes drawn)"
+    )
+    ask_command.add_argument("--checkpoint", type=Path, required=True, help="a trained model directory")
+    ask_command.add_argument(
+        "--image", type=Path, action="append", required=True, help="an image (repeat: one per camera slot)"
+    )
+    ask_command.add_argument("--prompt", required=True, help='e.g. "caption en", "detect red cup"')
+    ask_command.add_argument(
+        "--output", type=Path, help="where boxes are drawn (default: next to the first image, *_answer.png)"
+    )
+    ask_command.add_argument("--max-tokens", type=int, default=64, help="longest answer in tokens")
+    ask_command.set_defaults(run=_ask)
 
     convert = _command(commands, "convert", "openpi / LeRobot model.safetensors -> vlaflow model directory")
     convert.add_argument("checkpoint", type=Path, help="model.safetensors or a directory holding one")

@@ -13,6 +13,13 @@ A model without an action expert (pi0-FAST) decodes FAST tokens instead of sampl
 sequence that does not decode to a whole chunk is never silently turned into actions: the policy
 repeats its last decoded chunk (the mean action, normalized zero, before it has one), counts the
 failure in `fast_failures` and logs it.
+
+Hierarchical pi0.5 (`mode`, ../shared/spec/pi05-recipe.md): `hierarchical` decodes the subtask
+("Subtask: ..." after the prompt, KV-cached) every `subtask_every` chunks and samples each chunk
+conditioned on it, as training conditioned robot frames on their subtask; `oracle` takes it from
+the observation's "subtask"; `implicit` (the default) decodes nothing: the prompt alone conditions
+the actions. `infer_batch(..., return_info=True)` and `act` also return the subtask. A batch is
+taken to be the same robots in the same order from call to call; `reset()` at an episode's start.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
 from vlaflow.tokenizers import FastTokenizer, Tokenizer
-from vlaflow.tokenizers.prompts import ACTION_START
+from vlaflow.tokenizers.prompts import ACTION_START, SUBTASK_START, subtask_text, text_target
 
 
 def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> SourceStats:
@@ -52,6 +59,8 @@ def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> Sourc
 
 
 log = logging.getLogger(__name__)
+MODES = ("implicit", "hierarchical", "oracle")
+SUBTASK_KEY = "subtask"
 
 
 class Policy:
@@ -66,10 +75,28 @@ class Policy:
         seed: int = 0,
         fast: FastTokenizer | None = None,
         max_fast_tokens: int = 64,
+        mode: str = "implicit",
+        subtask_every: int = 1,
+        max_subtask_tokens: int = 32,
+        max_text_tokens: int = 48,
         rtc: RTCConfig | None = None,
     ):
         if not model.has_expert and fast is None:
             raise ValueError("a model without an action expert needs its FAST tokenizer to act")
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        if mode != "implicit" and not model.has_expert:
+            raise ValueError(
+                f"mode={mode!r} conditions the flow on a subtask: the model needs an action expert"
+            )
+        if subtask_every < 1 or max_subtask_tokens < 1:
+            raise ValueError(
+                f"subtask_every={subtask_every}, max_subtask_tokens={max_subtask_tokens}: both must be >= 1"
+            )
+        self.mode, self.subtask_every = mode, subtask_every
+        self.max_subtask_tokens, self.max_text_tokens = max_subtask_tokens, max_text_tokens
+        self._subtasks: list[str] | None = None  # the decoded subtasks in force, and their age in chunks
+        self._subtask_age = 0
         self.fast, self.max_fast_tokens, self.fast_failures = fast, max_fast_tokens, 0
         self._last_fast_chunk: np.ndarray | None = None
         self.model, self.tokenizer, self.stats = model.eval(), tokenizer, stats
@@ -89,9 +116,12 @@ class Policy:
         num_steps: int = 10,
         seed: int = 0,
         rtc: RTCConfig | None = None,
+        mode: str = "implicit",
+        subtask_every: int = 1,
     ) -> Policy:
         """A policy from a training checkpoint; `source` picks the dataset whose statistics (and
-        robot) to use when the model was trained on several."""
+        robot) to use when the model was trained on several; `mode` / `subtask_every`: see the
+        module doc."""
         stats = checkpoint_stats(checkpoint, source)
         loaded = load_pretrained(checkpoint, device=device)
         if loaded.tokenizer is None:
@@ -107,6 +137,9 @@ class Policy:
             seed=seed,
             fast=FastTokenizer.load(fast_dir) if fast_dir.is_dir() else None,
             max_fast_tokens=int(train_config.get("max_fast_tokens", 64)),
+            mode=mode,
+            subtask_every=subtask_every,
+            max_text_tokens=int(train_config.get("max_text_tokens", 48)),
             rtc=rtc,
         )
 
@@ -128,8 +161,16 @@ class Policy:
             f"nor a training camera {sorted(self.camera_slots)}"
         )
 
-    def infer_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """(B, H, action_dim) float32 actions for B raw observations (same cameras in each)."""
+    def reset(self) -> None:
+        """Forget the decoded subtasks (a new episode)."""
+        self._subtasks, self._subtask_age = None, 0
+
+    def infer_batch(
+        self, observations: Sequence[Mapping[str, Any]], *, return_info: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[dict[str, Any]]]:
+        """(B, H, action_dim) float32 actions for B raw observations (same cameras in each); with
+        `return_info` also per observation {"subtask": str} (the subtask the chunk followed; {} in
+        implicit mode)."""
         if not observations:
             raise ValueError("observations: expected at least one")
         states = []
@@ -151,6 +192,8 @@ class Policy:
             prompts=[str(o.get("prompt", "")) for o in observations],
         ).to(self.device)
         c = self.model.config
+        subtasks = self._subtasks_for(observations, obs)
+        text = None if subtasks is None else self._subtask_condition(subtasks)
         if self.model.has_expert:
             noise = torch.randn(len(observations), c.action_horizon, c.action_dim, generator=self.generator)
             if self.rtc is not None and any(PREV_ACTIONS_KEY in o for o in observations):
@@ -162,13 +205,60 @@ class Policy:
                 )
             else:
                 sampled = self.model.sample_actions(
-                    obs, noise=noise.to(self.device), num_steps=self.num_steps
+                    obs, noise=noise.to(self.device), num_steps=self.num_steps, text=text
                 )
             normalized = sampled[..., : self.action_dim].cpu().numpy()
         else:
             normalized = self._decode_fast(obs)
-        actions = self.action_norm.unnormalize(normalized)
-        return to_absolute(actions, raw_state, self.stats.delta_action_mask)
+        actions = to_absolute(
+            self.action_norm.unnormalize(normalized), raw_state, self.stats.delta_action_mask
+        )
+        if not return_info:
+            return actions
+        if subtasks is None:
+            return actions, [{} for _ in observations]
+        return actions, [{SUBTASK_KEY: s} for s in subtasks]
+
+    def _subtasks_for(self, observations: Sequence[Mapping[str, Any]], obs: Observation) -> list[str] | None:
+        """The subtask each chunk follows (None: implicit mode)."""
+        if self.mode == "implicit":
+            return None
+        if self.mode == "oracle":
+            given = [o.get(SUBTASK_KEY) for o in observations]
+            for i, subtask in enumerate(given):
+                if not isinstance(subtask, str) or not subtask.strip():
+                    raise ValueError(
+                        f"observation {i}: mode=oracle needs 'subtask' (a non-empty str), got {subtask!r}"
+                    )
+            return given
+        stale = self._subtasks is None or len(self._subtasks) != len(observations)
+        if stale or self._subtask_age >= self.subtask_every:
+            self._subtasks, self._subtask_age = self.decode_subtasks(obs), 0
+        self._subtask_age += 1
+        return self._subtasks
+
+    def decode_subtasks(self, obs: Observation) -> list[str]:
+        """The subtask of each observation, greedily decoded after "Subtask:" (KV-cached)."""
+        out = self.model.generate(
+            obs,
+            max_new_tokens=self.max_subtask_tokens,
+            eos_id=self.tokenizer.eos_id,
+            forced=self.tokenizer.encode(SUBTASK_START),
+        )
+        return [
+            self.tokenizer.decode(row[:length]).strip()
+            for row, length in zip(out.tokens.tolist(), out.lengths.tolist(), strict=True)
+        ]
+
+    def _subtask_condition(self, subtasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The subtasks as the text segment robot frames were trained with ("Subtask: ..." + EOS)."""
+        tokens, masks = zip(
+            *(text_target(self.tokenizer, subtask_text(s), self.max_text_tokens) for s in subtasks),
+            strict=True,
+        )
+        return torch.from_numpy(np.stack(tokens)).to(self.device), torch.from_numpy(np.stack(masks)).to(
+            self.device
+        )
 
     def _to_model(self, actions: np.ndarray, raw_state: np.ndarray) -> np.ndarray:
         """Robot-unit actions (H, A) as the model samples them, given the state they start from."""
@@ -205,3 +295,9 @@ class Policy:
     def __call__(self, observation: Mapping[str, Any]) -> np.ndarray:
         """(H, action_dim) actions for one raw observation."""
         return self.infer_batch([observation])[0]
+
+    def act(self, observation: Mapping[str, Any]) -> dict[str, Any]:
+        """{"actions": (H, action_dim)} for one raw observation, with "subtask" when one conditioned
+        the chunk (the output the tabletop evaluation draws under its videos)."""
+        actions, info = self.infer_batch([observation], return_info=True)
+        return {"actions": actions[0], **info[0]}

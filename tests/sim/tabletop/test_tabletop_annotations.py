@@ -9,9 +9,10 @@ pytest.importorskip("mujoco")
 
 import mujoco
 
-from vlaflow.sim.tabletop.annotations import draw_boxes, format_box, loc_value, parse_boxes
+from vlaflow.sim.tabletop.annotations import format_box, loc_value
 from vlaflow.sim.tabletop.tasks import sample_episode
 from vlaflow.sim.tabletop.world import TabletopWorld
+from vlaflow.tokenizers.boxes import draw_boxes, parse_boxes
 
 RES = 96
 

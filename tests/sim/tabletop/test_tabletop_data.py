@@ -13,10 +13,10 @@ pytest.importorskip("mujoco")
 from vlaflow.cli import main
 from vlaflow.data.lerobot import LeRobotDataset, validate_dataset
 from vlaflow.data.pipeline import SourceConfig
-from vlaflow.sim.tabletop.annotations import parse_boxes
 from vlaflow.sim.tabletop.evaluate import evaluate_tabletop
 from vlaflow.sim.tabletop.generate import EPISODES_META, generate_tabletop
 from vlaflow.sim.tabletop.web import WEB_KINDS
+from vlaflow.tokenizers.boxes import parse_boxes
 from vlaflow.training.configs import apply_overrides, named_config
 from vlaflow.training.trainer import train
 

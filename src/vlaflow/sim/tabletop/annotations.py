@@ -21,7 +21,6 @@ entities joined by ``" ; "`` as in PaliGemma's multi-object detection outputs; "
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,6 @@ from vlaflow.tokenizers.base import NUM_LOC_TOKENS
 
 MIN_SIDE_FRACTION = 0.01
 MAX_RAYS = 16
-_LOC_RE = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>\s*([^;<]*)")
 
 Box = tuple[float, float, float, float]
 """(y_min, x_min, y_max, x_max) in pixels."""
@@ -90,25 +88,6 @@ def format_box(box: Box, label: str, height: int, width: int) -> str:
     y0, x0, y1, x1 = box
     locs = (loc_value(y0, height), loc_value(x0, width), loc_value(y1, height), loc_value(x1, width))
     return "".join(f"<loc{v:04d}>" for v in locs) + f" {label}"
-
-
-def parse_boxes(text: str) -> list[tuple[tuple[int, int, int, int], str]]:
-    """[((y0, x0, y1, x1) loc indices, label)] of a `<loc>` box string."""
-    return [((int(a), int(b), int(c), int(d)), label.strip()) for a, b, c, d, label in _LOC_RE.findall(text)]
-
-
-def draw_boxes(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
-    """A copy of `image` with the boxes of a `<loc>` string drawn and labelled (for docs and videos)."""
-    from PIL import Image, ImageDraw
-
-    h, w = image.shape[:2]
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil)
-    for (y0, x0, y1, x1), label in parse_boxes(text):
-        rect = (x0 / 1024 * w, y0 / 1024 * h, (x1 + 1) / 1024 * w - 1, (y1 + 1) / 1024 * h - 1)
-        draw.rectangle(rect, outline=colour, width=max(1, w // 224))
-        draw.text((rect[0] + 2, max(0, rect[1] - 11)), label, fill=colour)
-    return np.asarray(pil)
 
 
 @dataclass(frozen=True)
