@@ -9,6 +9,7 @@ in a batch changes no term's scale.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -26,16 +27,43 @@ def batch_targets(batch: Batch, *, flow: bool, reference_reduction: bool) -> Tar
     action_mask = batch.action_mask
     if reference_reduction:
         action_mask = batch.has_actions[:, None, None].expand_as(batch.action_mask)
-    return Targets(
-        text_tokens=batch.text_tokens,
-        text_mask=batch.text_mask,
-        text_loss=batch.text_mask,
-        fast_tokens=batch.fast_tokens,
-        fast_mask=batch.fast_mask,
-        fast_loss=batch.fast_mask,
-        actions=batch.actions if flow else None,
-        action_mask=action_mask if flow else None,
+    return drop_padding_columns(
+        Targets(
+            text_tokens=batch.text_tokens,
+            text_mask=batch.text_mask,
+            text_loss=batch.text_mask,
+            fast_tokens=batch.fast_tokens,
+            fast_mask=batch.fast_mask,
+            fast_loss=batch.fast_mask,
+            actions=batch.actions if flow else None,
+            action_mask=action_mask if flow else None,
+        )
     )
+
+
+def drop_padding_columns(targets: Targets) -> Targets:
+    """The targets without the trailing token columns that no sample in the batch uses.
+
+    Targets are padded to a fixed length (e.g. `max_fast_tokens`) and most samples' are much
+    shorter: the padding adds VLM tokens and vocabulary-sized logits to every step without changing
+    any loss. At least one column is kept, so whether a term is present never depends on the batch
+    (processes of a distributed step must reduce the same terms).
+    """
+    changes = {}
+    for name in ("text", "fast"):
+        tokens, mask, loss = (getattr(targets, f"{name}_{k}") for k in ("tokens", "mask", "loss"))
+        if tokens is None:
+            continue
+        used = mask.any(dim=0).nonzero()
+        width = int(used.max()) + 1 if used.numel() else 1
+        changes.update(
+            {
+                f"{name}_tokens": tokens[:, :width],
+                f"{name}_mask": mask[:, :width],
+                f"{name}_loss": loss[:, :width],
+            }
+        )
+    return dataclasses.replace(targets, **changes)
 
 
 def term_sums(losses: Losses, targets: Targets) -> dict[str, tuple[Tensor, Tensor]]:
