@@ -201,7 +201,7 @@ class Policy:
                     observations, self._to_model, raw_state, c.action_horizon, c.action_dim
                 )
                 sampled = sample_guided(
-                    self.model, obs, noise.to(self.device), self.num_steps, *guide, self.rtc
+                    self.model, obs, noise.to(self.device), self.num_steps, *guide, self.rtc, text
                 )
             else:
                 sampled = self.model.sample_actions(
