@@ -514,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config lists them all with their defaults.",
     )
     train.add_argument(
-        "--config", help="named config: pi05_tiny (default), pi0_tiny, pi05_full, pi0_full, pi05_full_lora"
+        "--config",
+        help="named config: pi05_tiny (default), pi0_tiny, pi05_full, pi0_full, pi05_full_lora, "
+        "pi0fast_tiny, pi0fast_full, pi05_ki_{tiny,full}_stage{1,2}, pi05_tabletop_tiny, pi05_tabletop_full",
     )
     train.add_argument(
         "--dataset", type=Path, action="append", default=[], help="a LeRobot dataset (repeat to mix)"

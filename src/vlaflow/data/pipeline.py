@@ -48,8 +48,9 @@ class SourceConfig:
     """One LeRobot dataset of a training mixture.
 
     cameras: model image slot -> dataset camera key (default: the dataset's cameras, in order);
-    weight: mixture weight (default: frames ** mixture exponent); delta_action_mask: action dims
-    made relative to the state (e.g. joints but not the gripper); prompt: replaces the tasks.
+    weight: mixture weight of each kind of sample it gives, unless `sample_kinds` sets that kind's
+    (default: the kind's samples ** mixture exponent); delta_action_mask: action dims made relative
+    to the state (e.g. joints but not the gripper); prompt: replaces the tasks.
     """
 
     path: str
