@@ -201,3 +201,17 @@ def test_the_realised_mixture_follows_the_weights():
     np.testing.assert_array_equal(counts, drawn)  # what the loader will actually draw
     sigma = np.sqrt(counts.sum() * p * (1 - p))
     assert (np.abs(counts - counts.sum() * p) < 4 * sigma + 1e-9).all()
+
+
+def test_a_narrower_robots_fast_target_is_its_chunk_zero_padded():
+    """One FAST tokenizer serves robots of different action sizes (fitted on padded chunks)."""
+    rng = np.random.default_rng(0)
+    fast = FastTokenizer.fit(np.clip(rng.normal(0, 0.3, (64, 4, 3)), -1, 1), vocab_size=64)
+    tokens = ActionTokens(fast=fast, offset=MODEL.vocab_size, max_len=64)
+    chunk = np.clip(rng.normal(0, 0.3, (4, 2)), -1, 1)
+    ids, mask = tokens.target(TOKENIZER, chunk)
+    fast_ids = [i - MODEL.vocab_size for i in ids[mask] if i >= MODEL.vocab_size]
+    decoded, ok = fast.decode([fast_ids])
+    assert ok[0] and np.abs(decoded[0, :, :2] - chunk).max() < 0.1 and np.abs(decoded[0, :, 2]).max() < 0.1
+    with pytest.raises(ValueError, match="action chunk of 4 dims; the FAST tokenizer has 3"):
+        tokens.target(TOKENIZER, np.zeros((4, 4)))
