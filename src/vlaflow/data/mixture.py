@@ -33,7 +33,14 @@ import numpy as np
 from PIL import Image
 
 from vlaflow.data.lerobot import SUBTASK_INDEX
-from vlaflow.data.pipeline import SampleFormat, Source, assemble, model_images, sample_generator
+from vlaflow.data.pipeline import (
+    SampleFormat,
+    Source,
+    assemble,
+    camera_name,
+    model_images,
+    sample_generator,
+)
 from vlaflow.data.sampling import SampleKey
 from vlaflow.models import VLAConfig
 from vlaflow.tokenizers.prompts import question_prompt
@@ -100,7 +107,7 @@ class WebSamples:
                     raise ValueError(
                         f"{path} line {i + 1}: {field!r} must be a string, got {record.get(field)!r}"
                     )
-        self.slots = {camera.removeprefix("observation.images."): slot for slot, camera in cameras.items()}
+        self.slots = {camera_name(camera): slot for slot, camera in cameras.items()}
 
     @staticmethod
     def available(root: str | Path) -> bool:

@@ -238,9 +238,14 @@ class Source:
         )
 
 
+def camera_name(camera_key: str) -> str:
+    """A dataset camera key's short name: observation.images.scene -> scene."""
+    return camera_key.removeprefix("observation.images.")
+
+
 def boxes_column(camera_key: str) -> str:
     """The column of a camera's `<loc>` boxes: observation.images.scene -> annotation.boxes.scene."""
-    return "annotation.boxes." + camera_key.removeprefix("observation.images.")
+    return "annotation.boxes." + camera_name(camera_key)
 
 
 def sample_generator(seed: int, n: int) -> torch.Generator:
