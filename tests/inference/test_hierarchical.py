@@ -49,6 +49,13 @@ class Spy:
 
         monkeypatch.setattr(model, "generate", generate)
         monkeypatch.setattr(model, "sample_actions", spy_sample)
+        engine_sample = policy.engine.sample  # without text, the policy samples through its engine
+
+        def spy_engine(obs, noise):
+            self.texts.append(None)
+            return engine_sample(obs, noise)
+
+        monkeypatch.setattr(policy.engine, "sample", spy_engine)
 
 
 def expected_text(policy: Policy, subtask: str) -> torch.Tensor:

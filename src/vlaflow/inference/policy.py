@@ -36,6 +36,7 @@ from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute, to_delta
 from vlaflow.data.transforms import build_observation
 from vlaflow.inference import PREV_ACTIONS_KEY
+from vlaflow.inference.engine import SamplingEngine, policy_options
 from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
@@ -103,6 +104,12 @@ class Policy:
         self.state_norm = Normalizer(stats.state, normalization)
         self.action_norm = Normalizer(stats.actions, normalization)
         self.num_steps, self.rtc = num_steps, rtc  # rtc: guide chunks toward an observation's prev_actions
+        # Samples unconditioned on text (implicit mode, no RTC) at the engine's precision and speed.
+        self.engine = (
+            SamplingEngine(model, num_steps=num_steps, **policy_options(self.device))
+            if model.has_expert
+            else None
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.camera_slots = {camera: slot for slot, camera in stats.cameras.items()}
 
@@ -203,6 +210,8 @@ class Policy:
                 sampled = sample_guided(
                     self.model, obs, noise.to(self.device), self.num_steps, *guide, self.rtc, text
                 )
+            elif text is None:
+                sampled = self.engine.sample(obs, noise.to(self.device))
             else:
                 sampled = self.model.sample_actions(
                     obs, noise=noise.to(self.device), num_steps=self.num_steps, text=text
