@@ -1,33 +1,56 @@
-"""Inference latency benchmark: median time of vision, prefix and denoising, and peak memory.
+"""Inference latency benchmark: variants of the sampler side by side, split into vision, prefix
+and denoising, with peak memory, speed-ups and (on known GPUs) the distance to the physical floor.
 
-    python -m vlaflow.bench.inference --preset pi05 --device cuda --cameras 3 --steps 10
-    python -m vlaflow.bench.inference --preset pi05_tiny --device cpu
+    python -m vlaflow.bench.inference --preset pi05 --device cuda --compare eager,compiled,graph
+    python -m vlaflow.bench.inference --preset pi05_dummy --device cpu --dtype bfloat16 \\
+        --compare eager,engine,compiled --batch-size 1,8 --cameras 1,3
 
-Weights are random (latency does not depend on their values); inputs are one observation per
-batch element with full-length prompts. Each stage is timed between device synchronizations, so
-the stages add up to the total.
+Variants: `eager` is `VLA.sample_actions`' path; `engine` the sampling engine uncompiled,
+`compiled` with `torch.compile`, `graph` compiled and replayed as CUDA graphs
+(`vlaflow.inference.engine`). All variants share one model and one input per configuration and
+are timed alternately, one call each in turn, so that a change in load affects them alike. Each
+stage is timed between device synchronizations (CUDA graphs are one graph per stage), so the
+stages add up to the total. Weights are random: latency does not depend on their values.
+
+A pi0-FAST preset (no action expert, e.g. `pi0fast`) acts by decoding tokens: the benchmark then
+times `VLA.generate` for a chunk of `--fast-tokens` tokens and reports tokens/s.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from vlaflow.bench.common import (
-    DTYPES,
-    benchmark_parser,
-    finish,
-    peak_memory,
-    synchronizer,
-    synthetic_observation,
-)
+from vlaflow.bench.common import DTYPES, peak_memory, synchronizer, synthetic_observation
+from vlaflow.bench.devices import Floor, sampling_floor
+from vlaflow.inference.engine import STAGES, SamplingEngine
 from vlaflow.models import VLA, preset
 from vlaflow.models.config import REFERENCE_IMAGE_KEYS
+
+VARIANTS = ("eager", "engine", "compiled", "graph")
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    vision_ms: float
+    prefix_ms: float
+    denoise_ms: float
+    total_ms: float
+    total_p10_ms: float
+    total_p90_ms: float
+    speedup: float  # the first variant's median total over this one's
+    max_rel_diff: float  # largest relative difference of its actions from the first variant's
+    peak_memory_gib: float | None  # CUDA only: a CPU process's peak RSS is shared by all variants
+    floor_fraction: float | None = None  # the floor's time over this variant's median total
 
 
 @dataclass
@@ -39,29 +62,48 @@ class InferenceBenchmark:
     cameras: int
     steps: int
     iterations: int
+    threads: int
     parameters: int
     prefix_tokens: int
     suffix_tokens: int
-    vision_ms: float
-    prefix_ms: float
-    denoise_ms: float
-    total_ms: float
-    total_p90_ms: float
-    peak_memory_gib: float
-    memory_kind: str
+    floor: Floor
+    variants: list[VariantResult] = field(default_factory=list)
+    process_peak_rss_gib: float | None = None
 
 
-def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[object, float]:
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return out, (time.perf_counter() - start) * 1e3
+def _sampler(variant: str, model: VLA, steps: int) -> Callable:
+    """(obs, noise) -> the stages as thunks, for one variant."""
+    if variant == "eager":
+
+        def eager(obs, noise):
+            out: dict[str, object] = {}
+
+            def vision():
+                out["vision"] = model.embed_prefix(obs)
+                return out["vision"]
+
+            def prefix():
+                out["prefix"] = model.fill_cache(*out["vision"], obs.state)
+                return out["prefix"]
+
+            def denoise():
+                return model.integrate(lambda x, t: model.denoise_step(out["prefix"], x, t), noise, steps)
+
+            return list(zip(STAGES, (vision, prefix, denoise), strict=True))
+
+        return eager
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    engine = SamplingEngine(
+        model, num_steps=steps, compile=variant != "engine", cuda_graph=variant == "graph", dtype=None
+    )
+    return engine.stages
 
 
 def run(
     preset_name: str,
     *,
+    compare: tuple[str, ...] = ("eager", "engine"),
     device: str = "cpu",
     dtype: str | None = None,
     cameras: int = 3,
@@ -73,7 +115,9 @@ def run(
     dev = torch.device(device)
     dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     if not 1 <= cameras <= len(REFERENCE_IMAGE_KEYS):
-        raise ValueError(f"--cameras must be in [1, {len(REFERENCE_IMAGE_KEYS)}], got {cameras}")
+        raise ValueError(f"cameras must be in [1, {len(REFERENCE_IMAGE_KEYS)}], got {cameras}")
+    if "graph" in compare and dev.type != "cuda":
+        raise ValueError("the graph variant needs a CUDA device")
     config = preset(preset_name, image_keys=REFERENCE_IMAGE_KEYS[:cameras])
     with dev:
         model = VLA(config).eval()
@@ -81,23 +125,35 @@ def run(
     obs = synthetic_observation(model, batch_size, dev)
     noise = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
     sync = synchronizer(dev)
+    samplers = {v: _sampler(v, model, steps) for v in compare}
+    times: dict[str, list[list[float]]] = {v: [] for v in compare}
+    actions: dict[str, torch.Tensor] = {}
+    peaks: dict[str, float | None] = {}
 
-    def one_call() -> tuple[float, float, float]:
-        (prefix, segments), vision_ms = _timed(lambda: model.embed_prefix(obs), sync)
-        cache, prefix_ms = _timed(lambda: model.fill_cache(prefix, segments, obs.state), sync)
-        _, denoise_ms = _timed(
-            lambda: model.integrate(lambda x, t: model.denoise_step(cache, x, t), noise, steps), sync
-        )
-        return vision_ms, prefix_ms, denoise_ms
+    def one_call(variant: str) -> list[float]:
+        stage_ms = []
+        for _, thunk in samplers[variant](obs, noise):
+            sync()
+            start = time.perf_counter()
+            out = thunk()
+            sync()
+            stage_ms.append((time.perf_counter() - start) * 1e3)
+        actions[variant] = out.clone()
+        return stage_ms
 
-    with torch.inference_mode():
-        for _ in range(warmup):
-            one_call()
-        rows = [(*r, sum(r)) for r in (one_call() for _ in range(iterations))]
+    with torch.no_grad():
+        for variant in compare:  # warm-up (and compilation), one variant at a time
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            for _ in range(warmup):
+                one_call(variant)
+            peaks[variant] = peak_memory(dev)[0] if dev.type == "cuda" else None
+        for _ in range(iterations):
+            for variant in compare:
+                times[variant].append(one_call(variant))
 
-    peak, kind = peak_memory(dev)
-    totals = sorted(r[3] for r in rows)
-    return InferenceBenchmark(
+    floor = sampling_floor(model, batch_size=batch_size, num_steps=steps, device=dev)
+    result = InferenceBenchmark(
         preset=preset_name,
         device=str(dev),
         dtype=dtype,
@@ -105,48 +161,208 @@ def run(
         cameras=cameras,
         steps=steps,
         iterations=iterations,
+        threads=torch.get_num_threads(),
         parameters=sum(p.numel() for p in model.parameters()),
         prefix_tokens=config.prefix_len,
         suffix_tokens=config.suffix_len,
-        vision_ms=statistics.median(r[0] for r in rows),
-        prefix_ms=statistics.median(r[1] for r in rows),
-        denoise_ms=statistics.median(r[2] for r in rows),
-        total_ms=statistics.median(totals),
-        total_p90_ms=totals[min(len(totals) - 1, int(0.9 * len(totals)))],
-        peak_memory_gib=peak,
-        memory_kind=kind,
+        floor=floor,
+        process_peak_rss_gib=None if dev.type == "cuda" else peak_memory(dev)[0],
+    )
+    base = actions[compare[0]]
+    for variant in compare:
+        rows = times[variant]
+        totals = sorted(sum(r) for r in rows)
+        total = statistics.median(totals)
+        result.variants.append(
+            VariantResult(
+                variant=variant,
+                vision_ms=statistics.median(r[0] for r in rows),
+                prefix_ms=statistics.median(r[1] for r in rows),
+                denoise_ms=statistics.median(r[2] for r in rows),
+                total_ms=total,
+                total_p10_ms=totals[int(0.1 * (len(totals) - 1))],
+                total_p90_ms=totals[round(0.9 * (len(totals) - 1))],
+                speedup=0.0,
+                max_rel_diff=((actions[variant] - base).norm() / base.norm()).item(),
+                peak_memory_gib=peaks[variant],
+                floor_fraction=floor.floor_ms / total if floor.floor_ms else None,
+            )
+        )
+    first = result.variants[0].total_ms
+    for v in result.variants:
+        v.speedup = first / v.total_ms
+    return result
+
+
+@dataclass
+class DecodeBenchmark:
+    """pi0-FAST: one chunk = the prompt's prefill, then `tokens` greedy KV-cached decoding steps."""
+
+    preset: str
+    device: str
+    dtype: str
+    batch_size: int
+    cameras: int
+    tokens: int
+    iterations: int
+    threads: int
+    chunk_ms: float
+    chunk_p10_ms: float
+    chunk_p90_ms: float
+    prefill_ms: float  # one call decoding a single token
+    tokens_per_s: float  # per sequence, after the prefill
+
+
+def run_decode(
+    preset_name: str,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    cameras: int = 3,
+    tokens: int = 64,
+    batch_size: int = 1,
+    iterations: int = 10,
+    warmup: int = 2,
+) -> DecodeBenchmark:
+    """Times `VLA.generate` for a chunk of `tokens` FAST tokens (no end of sequence is chosen, so
+    every call decodes them all) and for a single token (the prefill), alternately."""
+    dev = torch.device(device)
+    dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    config = preset(preset_name, image_keys=REFERENCE_IMAGE_KEYS[:cameras])
+    with dev:
+        model = VLA(config).eval()
+    model.set_compute_dtype(DTYPES[dtype])
+    obs = synthetic_observation(model, batch_size, dev)
+    sync = synchronizer(dev)
+
+    def timed(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        model.generate(obs, max_new_tokens=n, eos_id=-1)
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(warmup):
+        timed(tokens), timed(1)
+    chunks, prefills = zip(*((timed(tokens), timed(1)) for _ in range(iterations)), strict=True)
+    chunk, prefill = statistics.median(chunks), statistics.median(prefills)
+    ordered = sorted(chunks)
+    return DecodeBenchmark(
+        preset=preset_name,
+        device=str(dev),
+        dtype=dtype,
+        batch_size=batch_size,
+        cameras=cameras,
+        tokens=tokens,
+        iterations=iterations,
+        threads=torch.get_num_threads(),
+        chunk_ms=chunk,
+        chunk_p10_ms=ordered[int(0.1 * (len(ordered) - 1))],
+        chunk_p90_ms=ordered[round(0.9 * (len(ordered) - 1))],
+        prefill_ms=prefill,
+        tokens_per_s=(tokens - 1) / max(chunk - prefill, 1e-9) * 1e3,
+    )
+
+
+def report_decode(b: DecodeBenchmark) -> str:
+    return (
+        f"vlaflow FAST decoding benchmark: preset={b.preset} device={b.device} dtype={b.dtype} "
+        f"batch={b.batch_size} cameras={b.cameras} threads={b.threads}\n"
+        f"chunk of {b.tokens} tokens: median {b.chunk_ms:.1f} ms ({b.chunk_p10_ms:.1f}-{b.chunk_p90_ms:.1f})"
+        f"   prefill + 1 token: {b.prefill_ms:.1f} ms   decoding: {b.tokens_per_s:.1f} tokens/s per sequence"
     )
 
 
 def report(b: InferenceBenchmark) -> str:
-    return "\n".join(
-        [
-            f"vlaflow inference benchmark: preset={b.preset} device={b.device} dtype={b.dtype} "
-            f"batch={b.batch_size} cameras={b.cameras} steps={b.steps} iterations={b.iterations}",
-            f"parameters: {b.parameters / 1e9:.3f} B   prefix tokens: {b.prefix_tokens}   "
-            f"suffix tokens: {b.suffix_tokens}",
-            f"median latency (ms): vision {b.vision_ms:.1f} | prefix {b.prefix_ms:.1f} | "
-            f"denoise {b.denoise_ms:.1f} | total {b.total_ms:.1f}   (p90 total {b.total_p90_ms:.1f})",
-            f"peak memory: {b.peak_memory_gib:.2f} GiB ({b.memory_kind})",
-        ]
+    f = b.floor
+    lines = [
+        f"vlaflow inference benchmark: preset={b.preset} device={b.device} dtype={b.dtype} "
+        f"batch={b.batch_size} cameras={b.cameras} steps={b.steps} iterations={b.iterations} "
+        f"threads={b.threads}",
+        f"parameters: {b.parameters / 1e9:.3f} B   prefix tokens: {b.prefix_tokens}   "
+        f"suffix tokens: {b.suffix_tokens}   model: {f.tflop:.3f} TFLOP, "
+        f"{f.weight_gb:.2f} GB of weights read",
+    ]
+    if f.floor_ms is not None:
+        lines.append(
+            f"physical floor: {f.floor_ms:.2f} ms (compute {f.compute_ms or float('nan'):.2f} ms, "
+            f"weights {f.memory_ms or float('nan'):.2f} ms)"
+        )
+    lines.append(
+        "median latency (ms): variant | vision | prefix | denoise | total (p10-p90) | speed-up | "
+        "% of floor | peak GiB | rel. diff"
     )
+    for v in b.variants:
+        floor = f"{100 * v.floor_fraction:.0f}%" if v.floor_fraction else "-"
+        peak = f"{v.peak_memory_gib:.2f}" if v.peak_memory_gib is not None else "-"
+        lines.append(
+            f"  {v.variant:9s} | vision {v.vision_ms:8.1f} | prefix {v.prefix_ms:8.1f} | "
+            f"denoise {v.denoise_ms:8.1f} | total {v.total_ms:8.1f} "
+            f"({v.total_p10_ms:.1f}-{v.total_p90_ms:.1f}) "
+            f"| x{v.speedup:.2f} | {floor} | {peak} | {v.max_rel_diff:.1e}"
+        )
+    if b.process_peak_rss_gib is not None:
+        lines.append(f"process peak RSS: {b.process_peak_rss_gib:.2f} GiB (all variants)")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, batch_size=1, iterations=10)
-    parser.add_argument("--steps", type=int, default=10, help="Euler steps")
-    args = parser.parse_args(argv)
-    result = run(
-        args.preset,
-        device=args.device,
-        dtype=args.dtype,
-        cameras=args.cameras,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        iterations=args.iterations,
-        warmup=args.warmup,
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return finish(result, report(result), args.json)
+    parser.add_argument("--preset", default="pi05_tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--compare", default="eager,engine", help=f"variants, comma-separated, of {VARIANTS}")
+    parser.add_argument("--cameras", type=_ints, default=[3], help="camera counts, e.g. 1,2,3")
+    parser.add_argument("--batch-size", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
+    parser.add_argument("--steps", type=int, default=10, help="Euler steps")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--fast-tokens", type=int, default=64, help="pi0-FAST presets: tokens per chunk")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    decode = preset(args.preset).expert is None  # pi0-FAST acts by decoding tokens
+    for cameras in args.cameras:
+        for batch_size in args.batch_size:
+            if decode:
+                result = run_decode(
+                    args.preset,
+                    device=args.device,
+                    dtype=args.dtype,
+                    cameras=cameras,
+                    tokens=args.fast_tokens,
+                    batch_size=batch_size,
+                    iterations=args.iterations,
+                    warmup=args.warmup,
+                )
+                print(report_decode(result), flush=True)
+                results.append(asdict(result))
+                continue
+            result = run(
+                args.preset,
+                compare=tuple(args.compare.split(",")),
+                device=args.device,
+                dtype=args.dtype,
+                cameras=cameras,
+                steps=args.steps,
+                batch_size=batch_size,
+                iterations=args.iterations,
+                warmup=args.warmup,
+            )
+            print(report(result), flush=True)
+            results.append(asdict(result))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class TrainBenchmark:
     batch_size: int
     cameras: int
     gradient_checkpointing: bool
+    compiled: bool
     iterations: int
     parameters: int
     step_ms: float
@@ -59,6 +60,7 @@ def run(
     dtype: str | None = None,
     cameras: int = 3,
     gradient_checkpointing: bool = False,
+    compile: bool = False,
     iterations: int = 5,
     warmup: int = 2,
 ) -> TrainBenchmark:
@@ -68,6 +70,7 @@ def run(
     with dev:
         model = VLA(config).train()
     model.set_gradient_checkpointing(gradient_checkpointing)
+    forward = torch.compile(model) if compile else model  # as the trainer's `compile=true`
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], OptimConfig())
     obs = synthetic_observation(model, batch_size, dev)
     actions = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
@@ -77,7 +80,7 @@ def run(
         sync()
         start = time.perf_counter()
         with torch.autocast(dev.type, dtype=DTYPES[dtype], enabled=dtype != "float32"):
-            loss = model(obs, actions).mean()
+            loss = forward(obs, actions).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -99,6 +102,7 @@ def run(
         batch_size=batch_size,
         cameras=cameras,
         gradient_checkpointing=gradient_checkpointing,
+        compiled=compile,
         iterations=iterations,
         parameters=sum(p.numel() for p in model.parameters()),
         step_ms=seconds * 1e3,
@@ -117,6 +121,7 @@ def report(b: TrainBenchmark) -> str:
         [
             f"vlaflow training benchmark: preset={b.preset} device={b.device} autocast={b.autocast} "
             f"batch={b.batch_size} cameras={b.cameras} checkpointing={b.gradient_checkpointing} "
+            f"compiled={b.compiled} "
             f"iterations={b.iterations}",
             f"parameters: {b.parameters / 1e9:.3f} B",
             f"median step: {b.step_ms:.1f} ms   samples/s: {b.samples_per_s:.2f}",
@@ -130,6 +135,7 @@ def report(b: TrainBenchmark) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, batch_size=8, iterations=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
     args = parser.parse_args(argv)
     result = run(
         args.preset,
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         cameras=args.cameras,
         gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
         iterations=args.iterations,
         warmup=args.warmup,
     )
