@@ -130,13 +130,19 @@ def build_layout(segments: list[Segment]) -> Layout:
     valid = torch.cat([s.valid for s in segments], dim=1)
     blocks = torch.cumsum(torch.cat([_ar_pattern(s) for s in segments]), dim=0)
     allowed = blocks[None, :] <= blocks[:, None]
-    kind_of = [s.kind for s in segments for _ in range(s.length)]
     device = valid.device
 
-    def is_kind(kind: Kind) -> Tensor:
-        return torch.tensor([k is kind for k in kind_of], device=device)
+    def per_token(values: list[bool] | list[int]) -> Tensor:
+        # One value per segment, repeated over its tokens, made on the device (no host copy, so
+        # a CUDA graph can capture it).
+        return torch.cat(
+            [torch.full((s.length,), v, device=device) for s, v in zip(segments, values, strict=True)]
+        )
 
-    owner = torch.tensor([OWNER[k] for k in kind_of], device=device)
+    def is_kind(kind: Kind) -> Tensor:
+        return per_token([s.kind is kind for s in segments])
+
+    owner = per_token([s.owner for s in segments])
     allowed &= ~((owner[:, None] == VLM) & (owner[None, :] == EXPERT))
     hidden_before = torch.zeros_like(valid, dtype=torch.int64)
     for query_kind, key_kinds in HIDDEN.items():
