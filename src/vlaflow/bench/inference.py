@@ -19,6 +19,7 @@ times `VLA.generate` for a chunk of `--fast-tokens` tokens and reports tokens/s.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -112,8 +113,13 @@ def run(
     iterations: int = 10,
     warmup: int = 2,
 ) -> InferenceBenchmark:
+    """`dtype` may name several ("float32,bfloat16"): each variant then runs in each, on copies of
+    the same weights, all alternated (variants are labelled "eager/float32" and so on)."""
     dev = torch.device(device)
-    dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    dtypes = (dtype or ("bfloat16" if dev.type == "cuda" else "float32")).split(",")
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise ValueError(f"unknown dtype {unknown}; choose from {sorted(DTYPES)}")
     if not 1 <= cameras <= len(REFERENCE_IMAGE_KEYS):
         raise ValueError(f"cameras must be in [1, {len(REFERENCE_IMAGE_KEYS)}], got {cameras}")
     if "graph" in compare and dev.type != "cuda":
@@ -121,11 +127,17 @@ def run(
     config = preset(preset_name, image_keys=REFERENCE_IMAGE_KEYS[:cameras])
     with dev:
         model = VLA(config).eval()
-    model.set_compute_dtype(DTYPES[dtype])
+    models = {d: (copy.deepcopy(model) if d != dtypes[-1] else model) for d in dtypes}
+    for d, m in models.items():
+        m.set_compute_dtype(DTYPES[d])
+    model = models[dtypes[0]]
     obs = synthetic_observation(model, batch_size, dev)
     noise = torch.randn(batch_size, config.action_horizon, config.action_dim, device=dev)
     sync = synchronizer(dev)
-    samplers = {v: _sampler(v, model, steps) for v in compare}
+    samplers = {
+        v if len(dtypes) == 1 else f"{v}/{d}": _sampler(v, models[d], steps) for d in dtypes for v in compare
+    }
+    compare = tuple(samplers)
     times: dict[str, list[list[float]]] = {v: [] for v in compare}
     actions: dict[str, torch.Tensor] = {}
     peaks: dict[str, float | None] = {}
@@ -156,7 +168,7 @@ def run(
     result = InferenceBenchmark(
         preset=preset_name,
         device=str(dev),
-        dtype=dtype,
+        dtype=",".join(dtypes),
         batch_size=batch_size,
         cameras=cameras,
         steps=steps,
@@ -296,7 +308,7 @@ def report(b: InferenceBenchmark) -> str:
         floor = f"{100 * v.floor_fraction:.0f}%" if v.floor_fraction else "-"
         peak = f"{v.peak_memory_gib:.2f}" if v.peak_memory_gib is not None else "-"
         lines.append(
-            f"  {v.variant:9s} | vision {v.vision_ms:8.1f} | prefix {v.prefix_ms:8.1f} | "
+            f"  {v.variant:16s} | vision {v.vision_ms:8.1f} | prefix {v.prefix_ms:8.1f} | "
             f"denoise {v.denoise_ms:8.1f} | total {v.total_ms:8.1f} "
             f"({v.total_p10_ms:.1f}-{v.total_p90_ms:.1f}) "
             f"| x{v.speedup:.2f} | {floor} | {peak} | {v.max_rel_diff:.1e}"
@@ -316,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", default="pi05_tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument(
+        "--dtype",
+        help=f"one of {sorted(DTYPES)}, or several comma-separated (each variant in each); "
+        "default: bfloat16 on cuda, float32 on cpu",
+    )
     parser.add_argument("--compare", default="eager,engine", help=f"variants, comma-separated, of {VARIANTS}")
     parser.add_argument("--cameras", type=_ints, default=[3], help="camera counts, e.g. 1,2,3")
     parser.add_argument("--batch-size", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
