@@ -183,7 +183,7 @@ def run(
     base = actions[compare[0]]
     for variant in compare:
         rows = times[variant]
-        totals = sorted(sum(r) for r in rows)
+        totals = [sum(r) for r in rows]
         total = statistics.median(totals)
         result.variants.append(
             VariantResult(
@@ -192,8 +192,8 @@ def run(
                 prefix_ms=statistics.median(r[1] for r in rows),
                 denoise_ms=statistics.median(r[2] for r in rows),
                 total_ms=total,
-                total_p10_ms=totals[int(0.1 * (len(totals) - 1))],
-                total_p90_ms=totals[round(0.9 * (len(totals) - 1))],
+                total_p10_ms=_spread(totals)[0],
+                total_p90_ms=_spread(totals)[1],
                 speedup=0.0,
                 max_rel_diff=((actions[variant] - base).norm() / base.norm()).item(),
                 peak_memory_gib=peaks[variant],
@@ -204,6 +204,12 @@ def run(
     for v in result.variants:
         v.speedup = first / v.total_ms
     return result
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """The 10th and 90th percentiles (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[int(0.1 * (len(ordered) - 1))], ordered[round(0.9 * (len(ordered) - 1))]
 
 
 @dataclass
@@ -258,7 +264,7 @@ def run_decode(
         timed(tokens), timed(1)
     chunks, prefills = zip(*((timed(tokens), timed(1)) for _ in range(iterations)), strict=True)
     chunk, prefill = statistics.median(chunks), statistics.median(prefills)
-    ordered = sorted(chunks)
+    p10, p90 = _spread(chunks)
     return DecodeBenchmark(
         preset=preset_name,
         device=str(dev),
@@ -269,8 +275,8 @@ def run_decode(
         iterations=iterations,
         threads=torch.get_num_threads(),
         chunk_ms=chunk,
-        chunk_p10_ms=ordered[int(0.1 * (len(ordered) - 1))],
-        chunk_p90_ms=ordered[round(0.9 * (len(ordered) - 1))],
+        chunk_p10_ms=p10,
+        chunk_p90_ms=p90,
         prefill_ms=prefill,
         tokens_per_s=(tokens - 1) / max(chunk - prefill, 1e-9) * 1e3,
     )
@@ -349,32 +355,21 @@ def main(argv: list[str] | None = None) -> int:
     decode = preset(args.preset).expert is None  # pi0-FAST acts by decoding tokens
     for cameras in args.cameras:
         for batch_size in args.batch_size:
+            common = {
+                "device": args.device,
+                "dtype": args.dtype,
+                "cameras": cameras,
+                "batch_size": batch_size,
+                "iterations": args.iterations,
+                "warmup": args.warmup,
+            }
             if decode:
-                result = run_decode(
-                    args.preset,
-                    device=args.device,
-                    dtype=args.dtype,
-                    cameras=cameras,
-                    tokens=args.fast_tokens,
-                    batch_size=batch_size,
-                    iterations=args.iterations,
-                    warmup=args.warmup,
-                )
-                print(report_decode(result), flush=True)
-                results.append(asdict(result))
-                continue
-            result = run(
-                args.preset,
-                compare=tuple(args.compare.split(",")),
-                device=args.device,
-                dtype=args.dtype,
-                cameras=cameras,
-                steps=args.steps,
-                batch_size=batch_size,
-                iterations=args.iterations,
-                warmup=args.warmup,
-            )
-            print(report(result), flush=True)
+                result = run_decode(args.preset, tokens=args.fast_tokens, **common)
+                text = report_decode(result)
+            else:
+                result = run(args.preset, compare=tuple(args.compare.split(",")), steps=args.steps, **common)
+                text = report(result)
+            print(text, flush=True)
             results.append(asdict(result))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
