@@ -243,16 +243,37 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
         videos=args.videos_per_task,
         steps_per_chunk=args.steps_per_chunk,
         cameras=_cameras(args, "") or None,
+        mode=args.mode,
+        subtask_every=args.subtask_every,
+        web_images=args.web_images,
     )
     settings = results["settings"]
     print(f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}")
-    print(f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}")
+    print(
+        f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}  {'subtask accuracy':>17}"
+    )
     for name, r in {**results["families"], "overall": results["overall"]}.items():
+        blocks = [r["progress"], r["success"], r["language_following"]]
+        stats = ["mean", "rate", "mean"]
+        if "subtask_accuracy" in r:
+            blocks.append(r["subtask_accuracy"]["normalized"])
+            stats.append("mean")
         cells = [
-            f"{100 * r[key][stat]:5.1f} [{100 * r[key]['ci95'][0]:4.0f}, {100 * r[key]['ci95'][1]:3.0f}]"
-            for key, stat in (("progress", "mean"), ("success", "rate"), ("language_following", "mean"))
+            f"{100 * b[stat]:5.1f} [{100 * b['ci95'][0]:4.0f}, {100 * b['ci95'][1]:3.0f}]"
+            for b, stat in zip(blocks, stats, strict=True)
         ]
-        print(f"{name:>20}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>18}  ({r['episodes']} episodes)")
+        cells += ["-"] * (4 - len(cells))
+        print(
+            f"{name:>20}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>18}  {cells[3]:>17}  "
+            f"({r['episodes']} episodes)"
+        )
+    if "web" in results:
+        for kind, w in {**results["web"]["kinds"], "overall": results["web"]["overall"]}.items():
+            low, high = w["ci95"]
+            print(
+                f"web {kind:>16}: {100 * w['rate']:5.1f}% [{100 * low:.0f}, {100 * high:.0f}] "
+                f"({w['correct']}/{w['samples']})"
+            )
     print(f"percent, 95% intervals; results, chart and videos in {args.output}")
     return 0
 
@@ -277,6 +298,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --checkpoint DIR, --policy expert or --server ws://HOST:PORT")
     if args.benchmark == "tabletop":
         return _eval_tabletop(args)
+    if args.mode != "implicit" or args.web_images:
+        raise ValueError("--mode and --web-images are for the tabletop (Meta-World data has no subtasks)")
     results = evaluate_metaworld(
         args.output,
         policy=_eval_policy(args),
@@ -485,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution", type=int, help="render N x N (default: the checkpoint's training resolution; 224)"
     )
     evaluate.add_argument("--videos-per-task", type=int, default=2, help="rollout videos kept per task")
+    evaluate.add_argument(
+        "--mode",
+        choices=["implicit", "hierarchical", "oracle"],
+        default="implicit",
+        help="tabletop, a checkpoint: the prompt alone conditions the actions (implicit), the model "
+        "decodes the subtask first (hierarchical), or the plan step in force is given (oracle)",
+    )
+    evaluate.add_argument(
+        "--subtask-every", type=int, default=1, help="hierarchical: decode the subtask every N chunks"
+    )
+    evaluate.add_argument(
+        "--web-images",
+        type=int,
+        default=0,
+        help="tabletop, a checkpoint: also ask the questions of N held-out web images of the split",
+    )
     evaluate.set_defaults(run=_eval)
 
     demo = _command(

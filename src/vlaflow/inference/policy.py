@@ -35,7 +35,7 @@ import torch
 from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute, to_delta
 from vlaflow.data.transforms import build_observation
-from vlaflow.inference import PREV_ACTIONS_KEY
+from vlaflow.inference import PREV_ACTIONS_KEY, SUBTASK_KEY
 from vlaflow.inference.engine import SamplingEngine, policy_options
 from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
@@ -61,7 +61,6 @@ def checkpoint_stats(checkpoint: str | Path, source: str | None = None) -> Sourc
 
 log = logging.getLogger(__name__)
 MODES = ("implicit", "hierarchical", "oracle")
-SUBTASK_KEY = "subtask"
 
 
 class Policy:

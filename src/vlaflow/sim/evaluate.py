@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
-from vlaflow.inference import DELAY_KEY, PREV_ACTIONS_KEY
+from vlaflow.inference import DELAY_KEY, PREV_ACTIONS_KEY, SUBTASK_KEY
 from vlaflow.sim import metaworld as mw
 from vlaflow.sim.generate import camera_feature, feature_camera
 
@@ -34,10 +34,11 @@ VIDEO_FPS = 40
 
 
 def _model_input(obs: dict[str, Any]) -> dict[str, Any]:
-    """A simulator observation as `Policy` takes it: cameras under the dataset's feature names, and
-    the rollout engine's hints for real-time chunking when it gives them."""
+    """A simulator observation as `Policy` takes it: cameras under the dataset's feature names, the
+    rollout engine's hints for real-time chunking when it gives them, and the simulator's subtask in
+    force where it has one (what oracle mode conditions on)."""
     images = {camera_feature(camera): image for camera, image in obs["images"].items()}
-    hints = {k: obs[k] for k in (PREV_ACTIONS_KEY, DELAY_KEY) if k in obs}
+    hints = {k: obs[k] for k in (PREV_ACTIONS_KEY, DELAY_KEY, SUBTASK_KEY) if k in obs}
     return {"images": images, "state": obs["state"], "prompt": obs["prompt"], **hints}
 
 
@@ -45,27 +46,49 @@ def _model_input(obs: dict[str, Any]) -> dict[str, Any]:
 class CheckpointPolicyFactory:
     """Picklable `task -> policy` for rollout workers: loads the checkpoint once per process and
     feeds it simulator observations under the camera names the training dataset used. `rtc`
-    (`vlaflow.inference.rtc.RTCConfig`) turns on real-time chunking."""
+    (`vlaflow.inference.rtc.RTCConfig`) turns on real-time chunking; `mode` / `subtask_every` are
+    `Policy`'s (hierarchical, implicit or oracle), and the policy's output carries the subtask that
+    conditioned each chunk."""
 
     checkpoint: str
     num_steps: int = 10
     seed: int = 0
     rtc: Any = None
+    mode: str = "implicit"
+    subtask_every: int = 1
 
     def __call__(self, task: str) -> Any:
         import torch
 
         from vlaflow.inference.policy import Policy
 
-        key = (self.checkpoint, self.num_steps, self.seed, self.rtc)
+        key = (self.checkpoint, self.num_steps, self.seed, self.rtc, self.mode, self.subtask_every)
         if _loaded.get("key") != key:
             torch.set_num_threads(1)  # one rollout worker per core
             _loaded["policy"] = Policy.load(
-                self.checkpoint, num_steps=self.num_steps, seed=self.seed, rtc=self.rtc
+                self.checkpoint,
+                num_steps=self.num_steps,
+                seed=self.seed,
+                rtc=self.rtc,
+                mode=self.mode,
+                subtask_every=self.subtask_every,
             )
             _loaded["key"] = key
-        policy = _loaded["policy"]
-        return lambda obs: policy(_model_input(obs))
+        return _SimulatorPolicy(_loaded["policy"])
+
+
+class _SimulatorPolicy:
+    """A loaded `Policy` as the rollout engine calls it: simulator observations in, {"actions",
+    "subtask"} out; `reset` (called at each episode's start) forgets the decoded subtask."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def __call__(self, obs: dict[str, Any]) -> dict[str, Any]:
+        return self.policy.act(_model_input(obs))
+
+    def reset(self) -> None:
+        self.policy.reset()
 
 
 _loaded: dict[str, Any] = {}

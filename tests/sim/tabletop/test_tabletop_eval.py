@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("mujoco")
 
 from vlaflow.cli import main
+from vlaflow.data.pipeline import SourceStats
+from vlaflow.data.stats import feature_stats
+from vlaflow.models import VLA, preset
+from vlaflow.pretrained import save_pretrained
 from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, wilson_interval
 from vlaflow.sim.tabletop.rollout import parse_output
+from vlaflow.tokenizers import EmbeddedTokenizer
 
 FAMILIES = ("items_in_drawer", "colour_in_container")
 
@@ -87,3 +94,67 @@ def test_cli_evaluates_the_expert(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["settings"]["split"] == "train"
     assert len(list((out / "videos").glob("instruction_seed1000000_success.mp4"))) == 1
     assert main(["eval", "tabletop", "--output", str(out)]) == 2  # neither --policy nor --checkpoint
+
+
+class SaysThePlan:
+    """Holds still and reports the plan step in force, or a fixed wrong subtask."""
+
+    def __init__(self, family: str, wrong: bool = False) -> None:
+        self.wrong = wrong
+
+    def __call__(self, obs):
+        subtask = "dance" if self.wrong else obs["subtask"].upper() + "."
+        return {"actions": np.zeros((5, 5), dtype=np.float32), "subtask": subtask}
+
+
+def test_subtask_accuracy_scores_each_chunk_against_the_plan_step_in_force(tmp_path):
+    run = dict(split="train", episodes=1, families=("instruction",), workers=1, videos=0, resolution=48)
+    right = evaluate_tabletop(tmp_path / "a", policy=SaysThePlan, steps_per_chunk=5, progress=False, **run)
+    accuracy = right["overall"]["subtask_accuracy"]
+    assert accuracy["normalized"]["mean"] == 1.0 and accuracy["exact"]["mean"] == 0.0  # case and "."
+    episode = right["episodes"][0]
+    assert accuracy["chunks"] == episode["subtask_accuracy"]["chunks"] == -(-episode["length"] // 5)
+    wrong = evaluate_tabletop(
+        tmp_path / "b", policy=functools.partial(SaysThePlan, wrong=True), progress=False, **run
+    )
+    assert wrong["overall"]["subtask_accuracy"]["normalized"]["mean"] == 0.0
+
+
+def test_the_expert_mostly_reports_the_plan_step_in_force(tmp_path):
+    results = evaluate_tabletop(
+        tmp_path, policy="expert", split="train", episodes=1, families=FAMILIES, workers=1, videos=0,
+        progress=False,
+    )  # fmt: skip
+    # It differs only while it recovers a dropped object or after the last step is done.
+    assert results["overall"]["subtask_accuracy"]["exact"]["mean"] > 0.8
+
+
+def tabletop_checkpoint(directory):
+    """A tiny random pi0.5 with the tabletop's cameras, 5-d state and actions."""
+    rng = np.random.default_rng(0)
+    cameras = {"base_0_rgb": "observation.images.scene", "left_wrist_0_rgb": "observation.images.wrist"}
+    stats = SourceStats(
+        state=feature_stats(rng.normal(size=(64, 5))),
+        actions=feature_stats(rng.normal(size=(64, 5))),
+        action_horizon=10,
+        cameras=cameras,
+    )
+    torch.manual_seed(0)
+    model = VLA(preset("pi05_tiny", image_keys=tuple(cameras), action_horizon=10))
+    metadata = {"normalization": "quantile", "norm_stats": {"tabletop": stats.to_dict()}}
+    return save_pretrained(directory, model, tokenizer=EmbeddedTokenizer(), metadata=metadata)
+
+
+def test_a_checkpoint_in_oracle_mode_follows_the_plan_step_it_is_given(tmp_path, capsys):
+    checkpoint = tabletop_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    argv = ["eval", "tabletop", "--checkpoint", str(checkpoint), "--mode", "oracle", "--split", "train"]
+    argv += ["--episodes", "1", "--families", "instruction", "--resolution", "48", "--workers", "1"]
+    argv += ["--steps-per-chunk", "10", "--output", str(out)]
+    assert main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["mode"] == "oracle"
+    assert saved["overall"]["subtask_accuracy"]["exact"]["mean"] == 1.0
+    assert "subtask accuracy" in capsys.readouterr().out
+    argv = ["eval", "metaworld", "--checkpoint", str(checkpoint), "--mode", "oracle", "--output", str(out)]
+    assert main(argv) == 2 and "--mode and --web-images are for the tabletop" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
 from vlaflow.sim.tabletop.rollout import Episode, Policy, rollout_many
 from vlaflow.sim.tabletop.scene import check_split_name
 from vlaflow.sim.tabletop.tasks import FAMILIES
+from vlaflow.sim.tabletop.web_eval import evaluate_web, normalized
 from vlaflow.sim.tabletop.world import FPS
 
 BOOTSTRAP_SAMPLES = 2000
@@ -59,11 +60,42 @@ def bootstrap_interval(
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def subtask_accuracy(episode: Episode, *, predicts: bool = False) -> dict[str, Any] | None:
+    """How often the subtask the policy reported at the start of a chunk was the plan step in force
+    for that state: {"exact", "normalized" (`web_eval.normalized` on both), "chunks"}. None when the
+    policy reported no subtask at all, unless it `predicts` them (hierarchical or oracle mode: an
+    empty decoded subtask is a wrong one)."""
+    starts = [int(i) for i in episode.chunk_starts]
+    if not starts or not (predicts or any(episode.subtasks[i] for i in starts)):
+        return None
+    pairs = [(episode.subtasks[i], episode.plan_subtasks[i]) for i in starts]
+    return {
+        "exact": float(np.mean([said == plan for said, plan in pairs])),
+        "normalized": float(np.mean([normalized(said) == normalized(plan) for said, plan in pairs])),
+        "chunks": len(pairs),
+    }
+
+
 def score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Progress, success and language following (means / rate with 95% intervals) of episode records."""
+    """Progress, success and language following (means / rate with 95% intervals) of episode records,
+    and subtask accuracy (mean over the episodes that report subtasks) where any does."""
     progress = [r["progress"] for r in records]
     follow = [r["language_following"] for r in records]
     wins = sum(r["success"] for r in records)
+    accuracy = [r["subtask_accuracy"] for r in records if r.get("subtask_accuracy")]
+    if accuracy:
+        extra = {
+            "subtask_accuracy": {
+                key: {
+                    "mean": float(np.mean([a[key] for a in accuracy])),
+                    "ci95": bootstrap_interval([a[key] for a in accuracy]),
+                }
+                for key in ("exact", "normalized")
+            }
+            | {"episodes": len(accuracy), "chunks": sum(a["chunks"] for a in accuracy)}
+        }
+    else:
+        extra = {}
     return {
         "episodes": len(records),
         "progress": {
@@ -80,6 +112,7 @@ def score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "ci95": bootstrap_interval(follow),
         },
         "mean_length": float(np.mean([r["length"] for r in records])) if records else 0.0,
+        **extra,
     }
 
 
@@ -91,7 +124,7 @@ def summarize(records: Sequence[dict[str, Any]], families: Sequence[str]) -> dic
     }
 
 
-def _record(episode: Episode) -> dict[str, Any]:
+def _record(episode: Episode, predicts_subtasks: bool) -> dict[str, Any]:
     spec, result = episode.spec, episode.result
     return {
         "family": spec.family,
@@ -105,6 +138,7 @@ def _record(episode: Episode) -> dict[str, Any]:
         "success": bool(result["success"]),
         "language_following": float(result["language_following"]),
         "length": episode.length,
+        "subtask_accuracy": subtask_accuracy(episode, predicts=predicts_subtasks),
     }
 
 
@@ -182,10 +216,19 @@ def evaluate_tabletop(
     steps_per_chunk: int = 5,
     cameras: Sequence[str] | None = None,
     num_steps: int = 10,
+    mode: str = "implicit",
+    subtask_every: int = 1,
+    web_images: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `policy` on `episodes` episodes per family of `split`; write ``results.json``,
     ``results.png`` and ``videos/`` (the first `videos` episodes of each family) under `output`.
+
+    A checkpoint runs in `mode` (`Policy`'s: implicit, hierarchical decoding of the subtask every
+    `subtask_every` chunks, or oracle, given the plan step in force); whenever the policy reports
+    subtasks, the results hold their accuracy against the plan step in force. `web_images` > 0 also
+    asks the checkpoint the questions of that many held-out web images of the split
+    (`vlaflow.sim.tabletop.web_eval`, under ``web/``; results["web"]).
 
     `policy` is "expert" (the scripted expert, one action per step), a checkpoint directory, or a
     picklable `family -> policy` factory whose policies get the environment's observations. A
@@ -205,7 +248,7 @@ def evaluate_tabletop(
     elif isinstance(policy, str):
         if not (Path(policy) / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {policy!r}: not a vlaflow model directory (no config.json)")
-        factory = CheckpointPolicyFactory(policy, num_steps=num_steps)
+        factory = CheckpointPolicyFactory(policy, num_steps=num_steps, mode=mode, subtask_every=subtask_every)
     elif callable(policy):
         factory = policy
     else:
@@ -229,7 +272,7 @@ def evaluate_tabletop(
             steps_per_chunk=chunk,
             record=recorded,
         ):
-            records.append(_record(episode))
+            records.append(_record(episode, predicts_subtasks=isinstance(policy, str) and mode != "implicit"))
             if episode.images:
                 name = (
                     f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
@@ -248,10 +291,17 @@ def evaluate_tabletop(
         "resolution": resolution,
         "cameras": [camera_feature(c) for c in cameras],
         "denoising_steps": None if expert or not isinstance(policy, str) else num_steps,
+        "mode": None if expert or not isinstance(policy, str) else mode,
+        "subtask_every": subtask_every if isinstance(policy, str) and mode == "hierarchical" else None,
         "intervals": "success: Wilson score 95%; progress, language following: percentile bootstrap 95% "
         f"over episodes ({BOOTSTRAP_SAMPLES} resamples)",
         "seconds": time.perf_counter() - start,
     }
+    if web_images > 0 and isinstance(policy, str) and not expert:
+        web = evaluate_web(
+            policy, output / "web", split=split, images=web_images, resolution=resolution, progress=progress
+        )
+        results["web"] = {k: web[k] for k in ("kinds", "overall", "settings")}
     results["episodes"] = records
     (output / "results.json").write_text(json.dumps(results, indent=2))
     name = "scripted expert" if expert else (policy if isinstance(policy, str) else type(policy).__name__)

@@ -5,8 +5,8 @@ A policy is any callable ``obs -> output`` (optionally with ``reset()``), where 
 `TabletopEnv` returns and `output` is an action (5,), an action chunk (T, 5), or a dict
 ``{"actions": (T, 5), "subtask": str}`` (the subtask the policy says it is doing; the scripted expert
 always gives one). Chunks are executed ``steps_per_chunk`` actions at a time. Recording keeps, per frame,
-the observation before the action: state, prompt in force, reported subtask, camera images, and with
-``annotate=True`` the `<loc>` boxes of the entities that the reported subtask involves.
+the observation before the action: state, prompt in force, reported subtask, the plan step in force,
+camera images, and with ``annotate=True`` the `<loc>` boxes of the entities the reported subtask involves.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Episode:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (T, R, R, 3) uint8
     boxes: dict[str, list[str]] = field(default_factory=dict)  # camera -> (T,) `<loc>` strings
     chunk_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first steps of chunks
+    plan_subtasks: list[str] = field(default_factory=list)  # (T,) plan step in force (TabletopEnv.subtask)
 
     @property
     def family(self) -> str:
@@ -92,6 +93,7 @@ class TabletopSimulator:
         self._states: list[np.ndarray] = []
         self._prompts: list[str] = []
         self._subtasks: list[str] = []
+        self._plan: list[str] = []
         self._command: list[int] = []
         self._frames: dict[str, list[np.ndarray]] = {}
         self._boxes: dict[str, list[str]] = {}
@@ -118,6 +120,7 @@ class TabletopSimulator:
         self._states.append(obs["state"])
         self._prompts.append(obs["prompt"])
         self._subtasks.append(subtask or "")
+        self._plan.append(obs["subtask"])
         self._command.append(self.env.tracker.current)
         for cam, images in self._frames.items():
             images.append(obs["images"][cam])
@@ -147,6 +150,7 @@ class TabletopSimulator:
             images={cam: np.stack(images) for cam, images in self._frames.items()},
             boxes=self._boxes,
             chunk_starts=steps.chunk_starts,
+            plan_subtasks=self._plan,
         )
 
 

@@ -15,8 +15,9 @@ State (5,) float32: ``[x, y, z, yaw, opening]`` = tool centre point (between the
 hand yaw (radians) and distance between the finger pads (metres, 0..0.11).
 
 Control runs at 20 Hz (`FPS`): one step is 25 physics steps of 2 ms, the mocap target moving linearly
-over them. Observations: ``{"state", "images": {camera: uint8 (R, R, 3)}, "prompt", "world": WorldState
-(privileged simulator state, for the scripted expert), "spec": EpisodeSpec}``. Rendering is offscreen
+over them. Observations: ``{"state", "images": {camera: uint8 (R, R, 3)}, "prompt", "subtask" (the plan
+step in force), "world": WorldState (privileged simulator state, for the scripted expert), "spec":
+EpisodeSpec}``. Rendering is offscreen
 (``MUJOCO_GL=egl`` by default) without shadows, reflections or multisampling. Reward = task progress in
 [0, 1]; ``terminated`` = success (every subtask of the rubric done); ``truncated`` = the episode's step
 limit (`EpisodeSpec.max_steps`).
@@ -287,10 +288,16 @@ class TabletopEnv:
     def prompt(self) -> str:
         """The instruction now in force: the task's prompt, or for verbal-instruction sessions the
         command being executed (the next one is issued when the current one is done)."""
+        assert self.spec is not None, "call reset() first"
+        return self.subtask if self.spec.family == "verbal" else self.spec.prompt
+
+    @property
+    def subtask(self) -> str:
+        """The step of the plan in force (the first one not done yet; the last once all are): the
+        subtask the scripted expert reports when it is not recovering, what `oracle` mode conditions
+        on and what a predicted subtask is scored against."""
         assert self.spec is not None and self.tracker is not None, "call reset() first"
-        if self.spec.family == "verbal":
-            return self.spec.subtasks[min(self.tracker.current, len(self.spec.subtasks) - 1)].text
-        return self.spec.prompt
+        return self.spec.subtasks[min(self.tracker.current, len(self.spec.subtasks) - 1)].text
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if self.world is None or self.spec is None or self.tracker is None:
@@ -316,6 +323,7 @@ class TabletopEnv:
             "state": self.world.proprio(self._last),
             "images": self.world.render() if self.render_images else {},
             "prompt": self.prompt,
+            "subtask": self.subtask,
             "world": self._last,
             "spec": self.spec,
         }
