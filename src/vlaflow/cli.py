@@ -360,6 +360,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rtc_config(args: argparse.Namespace) -> object:
+    """The real-time chunking settings `--rtc` / `--rtc-beta` ask for (None: no RTC)."""
+    from vlaflow.inference.rtc import RTCConfig
+
+    if not args.rtc:
+        if args.rtc_beta is not None:
+            raise ValueError("--rtc-beta is a setting of --rtc: give both")
+        return None
+    return RTCConfig() if args.rtc_beta is None else RTCConfig(beta=args.rtc_beta)
+
+
+def _add_mode_options(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--mode` and `--subtask-every`: how a checkpoint conditions its actions on subtasks."""
+    parser.add_argument(
+        "--mode", choices=["implicit", "hierarchical", "oracle"], default="implicit", help=help
+    )
+    parser.add_argument(
+        "--subtask-every", type=int, default=1, help="hierarchical: decode the subtask every N chunks"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
     import os
@@ -377,7 +398,15 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None, **limits
     )
-    policy = Policy.load(args.checkpoint, source=args.source, device=args.device, num_steps=args.num_steps)
+    policy = Policy.load(
+        args.checkpoint,
+        source=args.source,
+        device=args.device,
+        num_steps=args.num_steps,
+        rtc=_rtc_config(args),
+        mode=args.mode,
+        subtask_every=args.subtask_every,
+    )
     metadata = read_config(args.checkpoint)["metadata"]
     server_for_policy(policy, metadata, config=config, source=args.source, key_map=args.key_map).run()
     return 0
@@ -508,15 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution", type=int, help="render N x N (default: the checkpoint's training resolution; 224)"
     )
     evaluate.add_argument("--videos-per-task", type=int, default=2, help="rollout videos kept per task")
-    evaluate.add_argument(
-        "--mode",
-        choices=["implicit", "hierarchical", "oracle"],
-        default="implicit",
-        help="tabletop, a checkpoint: the prompt alone conditions the actions (implicit), the model "
+    _add_mode_options(
+        evaluate,
+        "tabletop, a checkpoint: the prompt alone conditions the actions (implicit), the model "
         "decodes the subtask first (hierarchical), or the plan step in force is given (oracle)",
-    )
-    evaluate.add_argument(
-        "--subtask-every", type=int, default=1, help="hierarchical: decode the subtask every N chunks"
     )
     evaluate.add_argument(
         "--web-images",
@@ -590,6 +614,17 @@ def build_parser() -> argparse.ArgumentParser:
         "file, or libero (default: the checkpoint's own, else the dataset's names)",
     )
     serve.add_argument("--source", help="which training dataset's statistics, for a mixture")
+    serve.add_argument(
+        "--rtc",
+        action="store_true",
+        help="real-time chunking: guide each chunk toward the request's prev_actions / inference_delay",
+    )
+    serve.add_argument("--rtc-beta", type=float, help="RTC's guidance weight clip (default: 10)")
+    _add_mode_options(
+        serve,
+        "the prompt alone conditions the actions (implicit), the model decodes the subtask first and "
+        "replies with it (hierarchical), or each request carries the subtask in force (oracle)",
+    )
     serve.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
     )

@@ -1,6 +1,9 @@
 """The robot's side of `vlaflow serve`: a policy client, an action-chunk broker and a
 rate-limited control loop. The client speaks openpi's protocol, so it also talks to openpi's
-server; its API is openpi's (`infer(obs) -> dict`, `get_server_metadata()`, `reset()`).
+server; its API is openpi's (`infer(obs) -> dict`, `get_server_metadata()`, `reset()`). For
+real-time chunking against `vlaflow serve --rtc`, an observation may also carry `prev_actions`
+(the current chunk's actions not yet executed when it was taken) and `inference_delay` (control
+steps the inference is expected to take); see `vlaflow.inference.schema`.
 
     client = PolicyClient("gpu-box.local", 8000, token="...")
     broker = ActionChunkBroker(client, replan_every=5)
@@ -80,7 +83,15 @@ class PolicyClient:
         return reply
 
     def reset(self) -> None:
-        """Nothing to reset: the server keeps no per-episode state (openpi API)."""
+        """A new episode (openpi API): a vlaflow server forgets this connection's decoded subtask
+        (hierarchical mode); openpi's server keeps no per-episode state, so it is told nothing."""
+        if self.metadata.get("server") == "vlaflow":
+            self.connection.send(pack({"__ctrl__": "reset"}))
+            reply = unpack(self.connection.recv())
+            if "__ack__" not in reply:
+                raise PolicyServerError(
+                    None, f"expected an acknowledgement of the reset, got {sorted(reply)}"
+                )
 
     def close(self) -> None:
         self._open.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import websockets.sync.client
 
 from vlaflow.bench.serve import TINY_ACTION_DIM, TINY_CAMERAS, TINY_HORIZON, TINY_STATE_DIM
 from vlaflow.inference.policy import Policy
+from vlaflow.inference.protocol import pack, unpack
 from vlaflow.inference.schema import ServingSpec
 from vlaflow.inference.server import PolicyServer, ServerConfig
 
@@ -27,6 +29,16 @@ class Served:
         return f"ws://127.0.0.1:{self.port}"
 
 
+def connect(uri: str, **kwargs) -> websockets.sync.client.ClientConnection:
+    """The way openpi's client connects: no compression, no size limit."""
+    return websockets.sync.client.connect(uri, compression=None, max_size=None, **kwargs)
+
+
+def infer(connection, message) -> dict:
+    connection.send(pack(message))
+    return unpack(connection.recv())
+
+
 def observation(size: int = 32, seed: int = 0) -> dict:
     """A request in the tiny checkpoint's dataset key names."""
     rng = np.random.default_rng(seed)
@@ -35,6 +47,12 @@ def observation(size: int = 32, seed: int = 0) -> dict:
         "observation.state": rng.normal(size=TINY_STATE_DIM).astype(np.float32),
         "prompt": "pick up the cup",
     }
+
+
+def policy_observation(request: dict, **hints) -> dict:
+    """A request in the dataset's key names as `Policy` takes it, with `hints` (e.g. prev_actions)."""
+    images = {c: request[c] for c in TINY_CAMERAS.values()}
+    return {"images": images, "state": request["observation.state"], "prompt": request["prompt"], **hints}
 
 
 class StubModel:

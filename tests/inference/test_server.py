@@ -14,8 +14,15 @@ import urllib.request
 import msgpack
 import numpy as np
 import pytest
-import websockets.sync.client
-from serve_helpers import NUM_STEPS, STUB_MAX_FRAME, observation, stub_server
+from serve_helpers import (
+    NUM_STEPS,
+    STUB_MAX_FRAME,
+    connect,
+    infer,
+    observation,
+    policy_observation,
+    stub_server,
+)
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from vlaflow import cli
@@ -27,20 +34,9 @@ from vlaflow.inference.server import OVERSIZE_FACTOR, server_for_policy
 from vlaflow.pretrained import read_config
 
 
-def connect(uri: str, **kwargs) -> websockets.sync.client.ClientConnection:
-    """The way openpi's client connects: no compression, no size limit."""
-    return websockets.sync.client.connect(uri, compression=None, max_size=None, **kwargs)
-
-
-def infer(connection, message) -> dict:
-    connection.send(pack(message))
-    return unpack(connection.recv())
-
-
 def in_process(policy, request: dict) -> np.ndarray:
     """What the policy itself answers to a request in the dataset's key names."""
-    images = {c: request[c] for c in TINY_CAMERAS.values()}
-    return policy({"images": images, "state": request["observation.state"], "prompt": request["prompt"]})
+    return policy(policy_observation(request))
 
 
 def test_openpi_client_gets_metadata_and_the_policys_own_actions(served, checkpoint):

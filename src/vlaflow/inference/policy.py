@@ -18,14 +18,22 @@ Hierarchical pi0.5 (`mode`, ../shared/spec/pi05-recipe.md): `hierarchical` decod
 ("Subtask: ..." after the prompt, KV-cached) every `subtask_every` chunks and samples each chunk
 conditioned on it, as training conditioned robot frames on their subtask; `oracle` takes it from
 the observation's "subtask"; `implicit` (the default) decodes nothing: the prompt alone conditions
-the actions. `infer_batch(..., return_info=True)` and `act` also return the subtask. A batch is
-taken to be the same robots in the same order from call to call; `reset()` at an episode's start.
+the actions. `infer_batch(..., return_info=True)` and `act` also return the subtask. The decoded
+subtask and its age in chunks are kept per robot: an observation's `SESSION_KEY` (the policy server
+sets one per connection), by default its index in the batch, so a batch of the same robots in the
+same order needs none. A chunk re-decodes the subtasks of just those robots of its batch whose
+subtask is `subtask_every` chunks old or unknown; `reset()` forgets every robot's (an episode's
+start), `forget(session)` one robot's.
+
+Real-time chunking (`rtc`, `vlaflow.inference.rtc`): observations carrying `PREV_ACTIONS_KEY` (and
+`DELAY_KEY`) get chunks guided toward those actions; in a batch where only some do, the others get
+zero guidance weight, so their chunks are sampled as without RTC.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ import torch
 from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute, to_delta
 from vlaflow.data.transforms import build_observation
-from vlaflow.inference import PREV_ACTIONS_KEY, SUBTASK_KEY
+from vlaflow.inference import PREV_ACTIONS_KEY, SESSION_KEY, SUBTASK_KEY
 from vlaflow.inference.engine import SamplingEngine, policy_options
 from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
@@ -95,8 +103,8 @@ class Policy:
             )
         self.mode, self.subtask_every = mode, subtask_every
         self.max_subtask_tokens, self.max_text_tokens = max_subtask_tokens, max_text_tokens
-        self._subtasks: list[str] | None = None  # the decoded subtasks in force, and their age in chunks
-        self._subtask_age = 0
+        # per session: the decoded subtask in force and how many chunks it has conditioned
+        self._subtasks: dict[Hashable, tuple[str, int]] = {}
         self.fast, self.max_fast_tokens, self.fast_failures = fast, max_fast_tokens, 0
         self._last_fast_chunk: np.ndarray | None = None
         self.model, self.tokenizer, self.stats = model.eval(), tokenizer, stats
@@ -168,8 +176,12 @@ class Policy:
         )
 
     def reset(self) -> None:
-        """Forget the decoded subtasks (a new episode)."""
-        self._subtasks, self._subtask_age = None, 0
+        """Forget the decoded subtasks of every session (a new episode)."""
+        self._subtasks.clear()
+
+    def forget(self, session: Hashable) -> None:
+        """Forget one session's decoded subtask (its robot starts an episode, or is gone)."""
+        self._subtasks.pop(session, None)
 
     def infer_batch(
         self, observations: Sequence[Mapping[str, Any]], *, return_info: bool = False
@@ -239,11 +251,19 @@ class Policy:
                         f"observation {i}: mode=oracle needs 'subtask' (a non-empty str), got {subtask!r}"
                     )
             return given
-        stale = self._subtasks is None or len(self._subtasks) != len(observations)
-        if stale or self._subtask_age >= self.subtask_every:
-            self._subtasks, self._subtask_age = self.decode_subtasks(obs), 0
-        self._subtask_age += 1
-        return self._subtasks
+        sessions = [o.get(SESSION_KEY, i) for i, o in enumerate(observations)]
+        known = self._subtasks
+        stale = [i for i, s in enumerate(sessions) if s not in known or known[s][1] >= self.subtask_every]
+        if stale:
+            rows = obs if len(stale) == len(sessions) else _rows(obs, stale)
+            for i, subtask in zip(stale, self.decode_subtasks(rows), strict=True):
+                known[sessions[i]] = (subtask, 0)
+        subtasks = []
+        for session in sessions:
+            subtask, age = known[session]
+            known[session] = (subtask, age + 1)
+            subtasks.append(subtask)
+        return subtasks
 
     def decode_subtasks(self, obs: Observation) -> list[str]:
         """The subtask of each observation, greedily decoded after "Subtask:" (KV-cached)."""
@@ -309,3 +329,15 @@ class Policy:
         the chunk (the output the tabletop evaluation draws under its videos)."""
         actions, info = self.infer_batch([observation], return_info=True)
         return {"actions": actions[0], **info[0]}
+
+
+def _rows(obs: Observation, rows: list[int]) -> Observation:
+    """The observations at batch positions `rows`."""
+    index = torch.tensor(rows, device=obs.state.device)
+    return Observation(
+        images={k: v[index] for k, v in obs.images.items()},
+        image_masks={k: v[index] for k, v in obs.image_masks.items()},
+        state=obs.state[index],
+        tokenized_prompt=obs.tokenized_prompt[index],
+        tokenized_prompt_mask=obs.tokenized_prompt_mask[index],
+    )

@@ -13,6 +13,13 @@ A bad request raises `RequestError`, whose `reply()` is the error frame the serv
 `field` is the key as the client named it, or "frame" for problems with the frame as a whole
 (text frame, undecodable bytes, not a map, too large); it is None (and `expected` too) when the
 request was fine but inference failed.
+
+Optional keys (also renamable by the key map): `prev_actions`, a finite float array (L, action_dim)
+with 1 <= L <= action_horizon (the previous chunk's not-yet-executed actions, robot units), and
+`inference_delay`, an int d with 0 <= d < action_horizon and d <= L (0 when left out), the hints of
+real-time chunking (`vlaflow.inference.rtc`; a server without RTC checks and ignores them);
+`inference_delay` without `prev_actions` is an error. `subtask`, a non-empty string, is required
+when the server runs in oracle mode (`subtask_required`) and ignored otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vlaflow.data.lerobot import LeRobotMeta
+from vlaflow.inference import DELAY_KEY, PREV_ACTIONS_KEY, SUBTASK_KEY
 
 PROMPT_KEY = "prompt"
 DEFAULT_STATE_KEY = "observation.state"
@@ -35,6 +43,7 @@ LIBERO_STATE_KEY = "observation/state"
 LIBERO = "libero"
 IMAGE_EXPECTED = "uint8 array of shape (H, W, 3)"
 MAX_KEYS_SHOWN = 20
+HINT_KEYS = (PREV_ACTIONS_KEY, DELAY_KEY, SUBTASK_KEY)
 
 
 class RequestError(ValueError):
@@ -93,22 +102,27 @@ def _describe(value: Any) -> str:
 @dataclass(frozen=True)
 class ServingSpec:
     """The request format of one checkpoint: its training cameras, state and prompt, and the key
-    map that renames a client's keys to them."""
+    map that renames a client's keys to them; `action_dim` / `action_horizon` bound the shape of
+    `prev_actions` (None: unchecked), and `subtask_required` (oracle mode) makes `subtask` required."""
 
     cameras: tuple[str, ...]
     state_key: str
     state_dim: int
     key_map: Mapping[str, str] = field(default_factory=dict)
+    action_dim: int | None = None
+    action_horizon: int | None = None
+    subtask_required: bool = False
 
     def __post_init__(self) -> None:
-        known = self.feature_names
+        known = (*self.feature_names, *HINT_KEYS)
         unknown = {k: v for k, v in self.key_map.items() if v not in known}
         if unknown:
             raise ValueError(f"key map {unknown}: targets must be among {list(known)}")
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return (*self.cameras, self.state_key, PROMPT_KEY)
+        """The keys every request must hold."""
+        return (*self.cameras, self.state_key, PROMPT_KEY, *((SUBTASK_KEY,) if self.subtask_required else ()))
 
     def client_name(self, feature: str) -> str:
         """The key a client sends for `feature`: its first alias in the key map, else itself."""
@@ -119,12 +133,35 @@ class ServingSpec:
         spec = {self.client_name(c): {"dtype": "uint8", "shape": [None, None, 3]} for c in self.cameras}
         spec[self.client_name(self.state_key)] = {"dtype": "float32", "shape": [self.state_dim]}
         spec[self.client_name(PROMPT_KEY)] = {"dtype": "str", "shape": []}
+        if self.subtask_required:
+            spec[self.client_name(SUBTASK_KEY)] = {"dtype": "str", "shape": []}
         return spec
 
-    def expected(self, feature: str) -> str:
+    def optional_spec(self) -> dict[str, dict[str, Any]]:
+        """The optional keys a request may hold (real-time chunking's hints), as the client names them."""
+        return {
+            self.client_name(PREV_ACTIONS_KEY): {"dtype": "float32", "shape": [None, self.action_dim]},
+            self.client_name(DELAY_KEY): {"dtype": "int", "shape": []},
+        }
+
+    def expected(self, feature: str, prev_rows: int | None = None) -> str:
+        """What `feature` must be (`prev_rows`: the rows of the request's prev_actions)."""
         if feature in self.cameras:
             return IMAGE_EXPECTED
-        return f"float array of shape ({self.state_dim},)" if feature == self.state_key else "a string"
+        if feature == self.state_key:
+            return f"float array of shape ({self.state_dim},)"
+        if feature == PREV_ACTIONS_KEY:
+            rows = "L" if self.action_horizon is None else f"L, 1 <= L <= {self.action_horizon}"
+            columns = "action_dim" if self.action_dim is None else str(self.action_dim)
+            return f"finite float array of shape (L, {columns}) ({rows})"
+        if feature == DELAY_KEY:
+            bounds = [f"d <= {prev_rows} (the rows of {self.client_name(PREV_ACTIONS_KEY)})"]
+            if self.action_horizon is not None:
+                bounds.insert(0, f"d < {self.action_horizon}")
+            return f"an int d >= 0 with {' and '.join(bounds)}"
+        if feature == SUBTASK_KEY:
+            return "a non-empty string (the subtask in force: this server runs in oracle mode)"
+        return "a string"
 
     def _features(self, message: Any) -> dict[str, tuple[str, Any]]:
         """Dataset feature name -> (the client's key, value)."""
@@ -167,10 +204,48 @@ class ServingSpec:
         key, prompt = features[PROMPT_KEY]
         if not isinstance(prompt, str):
             raise RequestError(key, f"got {_describe(prompt)}", self.expected(PROMPT_KEY))
+        observation = {"images": images, "state": state.astype(np.float32), "prompt": prompt}
         return Request(
-            observation={"images": images, "state": state.astype(np.float32), "prompt": prompt},
+            observation={**observation, **self._hints(features)},
             signature=tuple((camera, images[camera].shape) for camera in self.cameras),
         )
+
+    def _hints(self, features: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+        """The request's optional keys, checked: real-time chunking's hints and the subtask."""
+        hints: dict[str, Any] = {}
+        if PREV_ACTIONS_KEY in features:
+            key, raw = features[PREV_ACTIONS_KEY]
+            prev = _numbers(raw)
+            ok = prev is not None and prev.ndim == 2 and len(prev) >= 1
+            ok = ok and (self.action_horizon is None or len(prev) <= self.action_horizon)
+            ok = ok and (self.action_dim is None or prev.shape[1] == self.action_dim)
+            if not ok:
+                raise RequestError(key, f"got {_describe(raw)}", self.expected(PREV_ACTIONS_KEY))
+            if not np.isfinite(prev).all():
+                raise RequestError(key, "contains NaN or infinity", self.expected(PREV_ACTIONS_KEY))
+            hints[PREV_ACTIONS_KEY] = prev.astype(np.float32)
+        if DELAY_KEY in features:
+            key, delay = features[DELAY_KEY]
+            if PREV_ACTIONS_KEY not in hints:
+                raise RequestError(
+                    key,
+                    f"given without {self.client_name(PREV_ACTIONS_KEY)!r}",
+                    f"{self.client_name(PREV_ACTIONS_KEY)} alongside it (the actions the delay executes)",
+                )
+            rows = len(hints[PREV_ACTIONS_KEY])
+            limit = rows if self.action_horizon is None else min(rows, self.action_horizon - 1)
+            integer = isinstance(delay, int | np.integer) and not isinstance(delay, bool | np.bool_)
+            if not integer or not 0 <= delay <= limit:
+                shown = delay if integer else _describe(delay)
+                raise RequestError(key, f"got {shown}", self.expected(DELAY_KEY, rows))
+            hints[DELAY_KEY] = int(delay)
+        if SUBTASK_KEY in features:
+            key, subtask = features[SUBTASK_KEY]
+            if not isinstance(subtask, str) or not subtask.strip():
+                shown = repr(subtask) if isinstance(subtask, str) else _describe(subtask)
+                raise RequestError(key, f"got {shown}", self.expected(SUBTASK_KEY))
+            hints[SUBTASK_KEY] = subtask
+        return hints
 
     @classmethod
     def from_metadata(
@@ -181,11 +256,12 @@ class ServingSpec:
         state_dim: int,
         source: str | None = None,
         key_map: str | Mapping[str, str] | None = None,
+        **options: Any,
     ) -> ServingSpec:
         """The spec of a training checkpoint, from its metadata (`cameras`: model slot -> dataset
         camera, as the policy's statistics record them). `key_map`: a mapping, JSON text, a .json
         file, or "libero" (the reference's LIBERO client); by default the one stored in the
-        checkpoint."""
+        checkpoint. `options`: the other fields (`action_dim`, `action_horizon`, `subtask_required`)."""
         state_key = _source_config(metadata, source).get("state_key", DEFAULT_STATE_KEY)
         if key_map is None:
             key_map = metadata.get("serving", {}).get("key_map", {})
@@ -196,7 +272,13 @@ class ServingSpec:
             }
         elif isinstance(key_map, str):
             key_map = _read_key_map(key_map)
-        return cls(cameras=tuple(cameras.values()), state_key=state_key, state_dim=state_dim, key_map=key_map)
+        return cls(
+            cameras=tuple(cameras.values()),
+            state_key=state_key,
+            state_dim=state_dim,
+            key_map=key_map,
+            **options,
+        )
 
 
 def _read_key_map(text: str) -> dict[str, str]:

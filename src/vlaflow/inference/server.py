@@ -3,8 +3,16 @@ openpi work unchanged: on connect one msgpack frame of metadata, then one msgpac
 frame per request frame, with `actions` (H, action_dim) in robot units, `policy_timing:
 {infer_ms}` (the `infer_batch` call) and `server_timing: {infer_ms, queue_ms, batch_size,
 prev_total_ms}` (infer_ms: from the request's arrival to its actions; queue_ms: waiting for a
-batch; prev_total_ms: the previous request's arrival to reply, from the second reply on).
-openpi's `{"__ctrl__": ...}` episode markers get `{"__ack__": ...}`. `GET /healthz` answers 200.
+batch; prev_total_ms: the previous request's arrival to reply, from the second reply on), and `subtask`
+(str) when a subtask conditioned the chunk (`--mode hierarchical` or `oracle`). openpi's
+`{"__ctrl__": ...}` episode markers get `{"__ack__": ...}`. `GET /healthz` answers 200.
+
+Besides its cameras, state and prompt a request may carry real-time chunking's hints
+`prev_actions` (L, action_dim) and `inference_delay` (see `vlaflow.inference.schema`), used when
+the server runs with RTC (`metadata["rtc"]`: its settings, or None) and checked either way; in
+oracle mode (`metadata["mode"]`) it must carry `subtask`. Each connection is one session of the
+policy: in hierarchical mode it keeps its own decoded subtask whatever batches its requests share,
+until a `__ctrl__` marker or the end of the connection forgets it.
 
 Unlike the reference it never closes a connection over a bad request: each one gets an error
 frame naming the field (see `vlaflow.inference.schema`) and the connection stays open. Inference
@@ -24,15 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hmac
 import http
 import ipaddress
+import itertools
 import logging
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +55,7 @@ from websockets.asyncio.server import Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 import vlaflow
+from vlaflow.inference import SESSION_KEY
 from vlaflow.inference.policy import Policy
 from vlaflow.inference.protocol import DecodeError, pack, unpack
 from vlaflow.inference.schema import Request, RequestError, ServingSpec, control_hz
@@ -89,6 +101,12 @@ class BatchResult:
     actions: np.ndarray
     infer_ms: float
     batch_size: int
+    info: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"subtask": str}, added to the reply
+
+
+InferBatch = Callable[[list[dict[str, Any]]], np.ndarray | tuple[np.ndarray, list[dict[str, Any]]]]
+"""Observations -> (B, H, A) actions, or (actions, per-observation info) as `Policy.infer_batch(...,
+return_info=True)` returns them."""
 
 
 @dataclass
@@ -103,7 +121,7 @@ class Batcher:
 
     def __init__(
         self,
-        infer_batch: Callable[[list[dict[str, Any]]], np.ndarray],
+        infer_batch: InferBatch,
         *,
         window_s: float,
         max_batch: int,
@@ -154,16 +172,22 @@ class Batcher:
             start = time.perf_counter()
             observations = [w.request.observation for w in batch]
             try:
-                actions = await loop.run_in_executor(self.worker, self.infer_batch, observations)
-                if len(actions) != len(batch):
-                    raise ValueError(f"{len(actions)} action chunks for a batch of {len(batch)}")
+                output = await loop.run_in_executor(self.worker, self.infer_batch, observations)
+                actions, infos = output if isinstance(output, tuple) else (output, [{}] * len(batch))
+                if len(actions) != len(batch) or len(infos) != len(batch):
+                    raise ValueError(
+                        f"{len(actions)} action chunks and {len(infos)} infos for a batch of {len(batch)}"
+                    )
             except Exception as error:  # the server outlives any inference failure
                 logger.exception("inference failed for a batch of %d", len(batch))
                 outcomes = [error] * len(batch)
             else:
                 infer_ms = (time.perf_counter() - start) * 1e3
                 self.stats.batch_sizes[len(batch)] += 1
-                outcomes = [BatchResult(chunk, infer_ms, len(batch)) for chunk in actions]
+                outcomes = [
+                    BatchResult(chunk, infer_ms, len(batch), info)
+                    for chunk, info in zip(actions, infos, strict=True)
+                ]
             for w, outcome in zip(batch, outcomes, strict=True):
                 if w.result.done():
                     continue
@@ -185,20 +209,25 @@ def _is_loopback(host: str) -> bool:
 
 
 class PolicyServer:
-    """Serves `infer_batch` (e.g. `Policy.infer_batch`) to WebSocket clients."""
+    """Serves `infer_batch` (e.g. `Policy.infer_batch`) to WebSocket clients. Each observation
+    carries its connection's `SESSION_KEY`; `forget(session)` (e.g. `Policy.forget`), run on the
+    inference thread, drops a session's state on a `__ctrl__` marker and when it disconnects."""
 
     def __init__(
         self,
-        infer_batch: Callable[[list[dict[str, Any]]], np.ndarray],
+        infer_batch: InferBatch,
         spec: ServingSpec,
         metadata: Mapping[str, Any],
         config: ServerConfig | None = None,
+        forget: Callable[[Hashable], None] | None = None,
     ):
         config = config or ServerConfig()
-        self.infer_batch, self.spec, self.config = infer_batch, spec, config
+        self.infer_batch, self.spec, self.config, self.forget = infer_batch, spec, config, forget
+        self._sessions = itertools.count()
         self.metadata = {
             **metadata,
             "observation": spec.observation_spec(),
+            "optional_observation": spec.optional_spec(),
             "key_map": dict(spec.key_map),
             "limits": {
                 "max_frame_bytes": config.max_frame_bytes,
@@ -233,7 +262,15 @@ class PolicyServer:
 
     # ------------------------------------------------------------------ one request
 
-    async def _answer(self, message: str | bytes, batcher: Batcher) -> tuple[dict[str, Any], str]:
+    async def _forget(self, session: int, batcher: Batcher) -> None:
+        """Drop `session`'s state, after the inference already queued (so none brings it back)."""
+        if self.forget is not None:
+            with contextlib.suppress(RuntimeError):  # the worker is gone: the server is stopping
+                await asyncio.get_running_loop().run_in_executor(batcher.worker, self.forget, session)
+
+    async def _answer(
+        self, message: str | bytes, batcher: Batcher, session: int
+    ) -> tuple[dict[str, Any], str]:
         """The reply frame's content and a log fragment describing it."""
         try:
             if isinstance(message, str):
@@ -249,8 +286,10 @@ class PolicyServer:
             except DecodeError as error:
                 raise RequestError("frame", str(error), "a msgpack map (msgpack-numpy arrays)") from error
             if isinstance(decoded, dict) and "__ctrl__" in decoded:  # openpi's episode markers
+                await self._forget(session, batcher)
                 return {"__ack__": decoded["__ctrl__"]}, "status=ack"
             request = self.spec.parse(decoded)
+            request.observation[SESSION_KEY] = session
         except RequestError as error:
             self.stats.errors[str(error.field)] += 1
             return error.reply(), f"status=error field={error.field} message={error.message!r}"
@@ -264,6 +303,7 @@ class PolicyServer:
         self.stats.replies += 1
         queue_ms = (time.perf_counter() - queued) * 1e3 - result.infer_ms
         reply = {
+            **result.info,
             "actions": result.actions,
             "policy_timing": {"infer_ms": result.infer_ms},
             "server_timing": {"queue_ms": queue_ms, "batch_size": result.batch_size},
@@ -274,15 +314,15 @@ class PolicyServer:
         )
 
     async def _handle(self, connection: ServerConnection, batcher: Batcher) -> None:
-        peer = _peer(connection)
+        peer, session = _peer(connection), next(self._sessions)
         self.stats.open_connections += 1
-        logger.info("connected peer=%s", peer)
+        logger.info("connected peer=%s session=%d", peer, session)
         try:
             await connection.send(pack(self.metadata))
             prev_total_ms = None
             async for message in connection:
                 arrived = time.perf_counter()
-                reply, outcome = await self._answer(message, batcher)
+                reply, outcome = await self._answer(message, batcher, session)
                 if "actions" in reply:
                     reply["server_timing"]["infer_ms"] = (time.perf_counter() - arrived) * 1e3
                     if prev_total_ms is not None:
@@ -294,6 +334,7 @@ class PolicyServer:
             pass
         finally:
             self.stats.open_connections -= 1
+            await self._forget(session, batcher)
             logger.info("disconnected peer=%s", peer)
 
     # ------------------------------------------------------------------ lifecycle
@@ -396,16 +437,19 @@ def server_for_policy(
 ) -> PolicyServer:
     """A server for a policy loaded from a training checkpoint (`Policy.load`), whose metadata
     (`read_config(checkpoint)["metadata"]`) supplies the state key, a stored key map and the
-    control frequency."""
+    control frequency. The policy's `rtc` and `mode` are the server's."""
+    model = policy.model.config
+    horizon = model.action_horizon
     spec = ServingSpec.from_metadata(
         checkpoint_metadata,
         cameras=policy.stats.cameras,
         state_dim=policy.stats.state.dim,
         source=source,
         key_map=key_map,
+        action_dim=policy.action_dim,
+        action_horizon=horizon,
+        subtask_required=policy.mode == "oracle",
     )
-    model = policy.model.config
-    horizon = model.action_horizon
     metadata = {
         "server": "vlaflow",
         "vlaflow_version": vlaflow.__version__,
@@ -417,5 +461,10 @@ def server_for_policy(
         # how training saw the robot, so a client (e.g. a simulator) can render the same way
         "image_sizes": {camera: list(size) for camera, size in policy.stats.image_sizes.items()},
         "tasks": list(policy.stats.tasks),
+        # real-time chunking toward a request's prev_actions (None: the hints are checked, not used)
+        "rtc": dataclasses.asdict(policy.rtc) if policy.rtc and policy.model.has_expert else None,
+        "mode": policy.mode,
+        "subtask_every": policy.subtask_every if policy.mode == "hierarchical" else None,
     }
-    return PolicyServer(policy.infer_batch, spec, metadata, config)
+    infer = functools.partial(policy.infer_batch, return_info=True)
+    return PolicyServer(infer, spec, metadata, config, forget=policy.forget)

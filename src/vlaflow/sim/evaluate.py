@@ -31,15 +31,21 @@ from vlaflow.sim.generate import camera_feature, feature_camera
 
 EVAL_SEED = 1_000_000  # demonstrations use seeds from 0: evaluation never replays a training layout
 VIDEO_FPS = 40
+RTC_HINTS = (PREV_ACTIONS_KEY, DELAY_KEY)
+
+
+def _hints(obs: dict[str, Any], keys: tuple[str, ...] = (*RTC_HINTS, SUBTASK_KEY)) -> dict[str, Any]:
+    """What a simulator observation carries beyond images, state and prompt, of `keys`: the rollout
+    engine's hints for real-time chunking when it gives them, the simulator's subtask in force
+    where it has one (what oracle mode conditions on)."""
+    return {k: obs[k] for k in keys if k in obs}
 
 
 def _model_input(obs: dict[str, Any]) -> dict[str, Any]:
-    """A simulator observation as `Policy` takes it: cameras under the dataset's feature names, the
-    rollout engine's hints for real-time chunking when it gives them, and the simulator's subtask in
-    force where it has one (what oracle mode conditions on)."""
+    """A simulator observation as `Policy` takes it: cameras under the dataset's feature names,
+    and its hints (`_hints`)."""
     images = {camera_feature(camera): image for camera, image in obs["images"].items()}
-    hints = {k: obs[k] for k in (PREV_ACTIONS_KEY, DELAY_KEY, SUBTASK_KEY) if k in obs}
-    return {"images": images, "state": obs["state"], "prompt": obs["prompt"], **hints}
+    return {"images": images, "state": obs["state"], "prompt": obs["prompt"], **_hints(obs)}
 
 
 @dataclass
@@ -99,7 +105,10 @@ class ServerPolicyFactory:
     """Picklable `task -> policy` that asks a running `vlaflow serve` (openpi's protocol) for every
     chunk, over one connection per process. The server samples with its own seed (0, as in-process
     evaluation): on a freshly started server and with one rollout worker, server-backed and
-    in-process evaluation of the same checkpoint and seeds draw the same noise in the same order."""
+    in-process evaluation of the same checkpoint and seeds draw the same noise in the same order.
+    The server's settings rule: requests carry the rollout engine's real-time chunking hints when
+    the server does RTC (`vlaflow serve --rtc`), and the simulator's subtask when it runs in oracle
+    mode; each episode starts with a reset of the connection's session (its decoded subtask)."""
 
     uri: str
     token: str | None = None
@@ -121,23 +130,34 @@ class ServerPolicyFactory:
         return TrainingView(resolution, cameras, tuple(metadata.get("tasks", ())))
 
     def __call__(self, task: str) -> _ServerPolicy:
-        spec = self.metadata()["observation"]
+        metadata = self.metadata()
+        spec = metadata["observation"]
         state_key = next((k for k, v in spec.items() if v["dtype"] == "float32"), None)
         if state_key is None:
             raise ValueError(f"server {self.uri}: its metadata names no float32 state entry ({spec})")
-        return _ServerPolicy(self.uri, self.token, state_key)
+        hints = (
+            *(RTC_HINTS if metadata.get("rtc") else ()),
+            *((SUBTASK_KEY,) if metadata.get("mode") == "oracle" else ()),
+        )
+        return _ServerPolicy(self.uri, self.token, state_key, hints)
 
 
 class _ServerPolicy:
     """One simulator task's view of the shared connection: observation -> the server's reply."""
 
-    def __init__(self, uri: str, token: str | None, state_key: str) -> None:
-        self._key, self._state_key = (uri, token), state_key
+    def __init__(self, uri: str, token: str | None, state_key: str, hints: tuple[str, ...] = ()) -> None:
+        self._key, self._state_key, self._hints = (uri, token), state_key, hints
 
     def __call__(self, obs: dict[str, Any]) -> dict[str, Any]:
         request = {camera_feature(camera): image for camera, image in obs["images"].items()}
-        request.update({self._state_key: obs["state"], "prompt": obs["prompt"]})
+        hints = _hints(obs, self._hints)
+        if PREV_ACTIONS_KEY in hints and not len(hints[PREV_ACTIONS_KEY]):  # no action left to join
+            hints.pop(PREV_ACTIONS_KEY), hints.pop(DELAY_KEY, None)
+        request.update({self._state_key: obs["state"], "prompt": obs["prompt"], **hints})
         return _server_client(*self._key).infer(request)
+
+    def reset(self) -> None:
+        _server_client(*self._key).reset()
 
     def close(self) -> None:
         client = _clients.pop(self._key, None)
