@@ -1,0 +1,54 @@
+"""`vlaflow serve` through openpi's own client package (`openpi-client` from PyPI, installed by the
+README's test command), not our re-reading of its protocol: `WebsocketClientPolicy` connects,
+reads the metadata and gets the policy's own actions; its `ActionChunkBroker` steps through them;
+its `Api-Key` header passes the token check; a bad request gets an error map and the same
+connection keeps serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serve_helpers import NUM_STEPS, observation, policy_observation, stub_server
+
+from vlaflow.bench.serve import TINY_ACTION_DIM, TINY_HORIZON
+
+websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
+action_chunk_broker = pytest.importorskip("openpi_client.action_chunk_broker")
+
+
+def test_openpi_websocket_client_gets_the_policys_own_actions(served, checkpoint):
+    from vlaflow.inference.policy import Policy
+
+    reference = Policy.load(checkpoint, num_steps=NUM_STEPS)
+    request = observation(size=40, seed=5)
+    expected = reference(policy_observation(request))
+    served.policy.generator.manual_seed(0)  # as the reference's, which starts from seed 0
+    client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", served.port)
+    metadata = client.get_server_metadata()
+    assert (metadata["action_horizon"], metadata["action_dim"]) == (TINY_HORIZON, TINY_ACTION_DIM)
+    reply = client.infer(request)
+    np.testing.assert_allclose(reply["actions"], expected, rtol=1e-5, atol=1e-6)
+    assert reply["actions"].dtype == np.float32 and reply["policy_timing"]["infer_ms"] > 0
+
+    bad = client.infer({**request, "observation.state": np.zeros(99, np.float32)})  # same connection
+    assert bad["error"]["field"] == "observation.state" and "(" in bad["error"]["expected"]
+    assert client.infer(request)["actions"].shape == (TINY_HORIZON, TINY_ACTION_DIM)
+
+
+def test_openpi_action_chunk_broker_steps_through_a_served_chunk(served):
+    client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", served.port)
+    broker = action_chunk_broker.ActionChunkBroker(client, action_horizon=TINY_HORIZON)
+    served.policy.generator.manual_seed(0)
+    steps = [broker.infer(observation(seed=7))["actions"] for _ in range(TINY_HORIZON)]
+    served.policy.generator.manual_seed(0)
+    chunk = client.infer(observation(seed=7))["actions"]
+    np.testing.assert_allclose(np.stack(steps), chunk, rtol=1e-5, atol=1e-6)
+    assert steps[0].shape == (TINY_ACTION_DIM,)
+
+
+def test_openpi_client_api_key_passes_the_token_check():
+    server, model = stub_server(token="s3cret")
+    with server.in_background() as port:
+        client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port, api_key="s3cret")
+        reply = client.infer(observation())
+    assert reply["actions"].shape[-1] == TINY_ACTION_DIM and model.batches == [1]
