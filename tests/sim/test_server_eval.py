@@ -13,6 +13,7 @@ pytest.importorskip("metaworld")
 from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import feature_stats
 from vlaflow.inference.policy import Policy
+from vlaflow.inference.rtc import RTCConfig
 from vlaflow.inference.server import ServerConfig, server_for_policy
 from vlaflow.models import VLA, preset
 from vlaflow.pretrained import read_config, save_pretrained
@@ -41,32 +42,42 @@ def metaworld_checkpoint(directory: Path) -> Path:
     return save_pretrained(directory, model, tokenizer=EmbeddedTokenizer(), metadata=metadata)
 
 
-def served(checkpoint: Path):
+def served(checkpoint: Path, rtc: RTCConfig | None = None):
     """A fresh server (its sampling generator at seed 0, as a fresh in-process policy's)."""
-    policy = Policy.load(checkpoint, num_steps=NUM_STEPS)
+    policy = Policy.load(checkpoint, num_steps=NUM_STEPS, rtc=rtc)
     return server_for_policy(policy, read_config(checkpoint)["metadata"], config=ServerConfig(port=0))
 
 
-def test_server_backed_episodes_equal_in_process_ones(tmp_path):
+@pytest.mark.parametrize(
+    ("rtc", "steps_per_chunk", "delay", "chunks"),
+    [(False, 4, 0, 4), (True, 2, 1, 7)],
+    ids=["synchronous", "rtc-delay-1"],
+)
+def test_server_backed_episodes_equal_in_process_ones(tmp_path, rtc, steps_per_chunk, delay, chunks):
+    """With `vlaflow serve --rtc` the requests carry the rollout engine's prev_actions and delay (a
+    client that left them out would get other actions: the guidance moves the executed ones)."""
     checkpoint = metaworld_checkpoint(tmp_path / "ckpt")
     jobs = mw.episode_jobs(TASKS, 1, seed=1_000_000)
     options = {
         "workers": 1,
         "env_kwargs": {"cameras": ("corner2",), "resolution": 32, "max_steps": 14},
-        "steps_per_chunk": 4,
+        "steps_per_chunk": steps_per_chunk,
+        "delay": delay,
         "record": False,
         "ordered": True,
     }
-    local = list(mw.rollout_many(jobs, CheckpointPolicyFactory(str(checkpoint), NUM_STEPS), **options))
-    server = served(checkpoint)
+    config = RTCConfig() if rtc else None
+    local_factory = CheckpointPolicyFactory(str(checkpoint), NUM_STEPS, rtc=config)
+    local = list(mw.rollout_many(jobs, local_factory, **options))
+    server = served(checkpoint, config)
     with server.in_background() as port:
         remote = list(mw.rollout_many(jobs, ServerPolicyFactory(f"ws://127.0.0.1:{port}"), **options))
-    assert server.stats.replies == 2 * 4 and not server.stats.errors  # ceil(14 / 4) chunks per episode
+    assert server.stats.replies == 2 * chunks and not server.stats.errors  # chunks per 14-step episode
     for a, b in zip(local, remote, strict=True):
         assert (a.task, a.seed, a.success) == (b.task, b.seed, b.success)
-        np.testing.assert_array_equal(a.actions, b.actions)
-        np.testing.assert_array_equal(a.raw, b.raw)
-    assert np.abs(local[0].actions[:4] - local[0].actions[4:8]).max() > 1e-3  # fresh noise every chunk
+        np.testing.assert_allclose(a.actions, b.actions, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.raw, b.raw, rtol=1e-5, atol=1e-5)
+    assert np.abs(local[0].actions[:2] - local[0].actions[4:6]).max() > 1e-3  # fresh noise every chunk
 
 
 def test_evaluate_metaworld_through_a_server(tmp_path):

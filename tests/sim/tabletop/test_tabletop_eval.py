@@ -158,3 +158,27 @@ def test_a_checkpoint_in_oracle_mode_follows_the_plan_step_it_is_given(tmp_path,
     assert "subtask accuracy" in capsys.readouterr().out
     argv = ["eval", "metaworld", "--checkpoint", str(checkpoint), "--mode", "oracle", "--output", str(out)]
     assert main(argv) == 2 and "--mode and --web-images are for the tabletop" in capsys.readouterr().err
+
+
+def test_a_server_in_oracle_mode_gets_the_plan_step_over_the_wire(tmp_path, capsys):
+    """`vlaflow eval tabletop --server` sends an oracle server the plan step in force and scores the
+    subtask each reply carries; a --mode other than the server's is refused."""
+    from vlaflow.inference.policy import Policy
+    from vlaflow.inference.server import ServerConfig, server_for_policy
+    from vlaflow.pretrained import read_config
+
+    checkpoint = tabletop_checkpoint(tmp_path / "ckpt")
+    policy = Policy.load(checkpoint, num_steps=2, mode="oracle")
+    server = server_for_policy(policy, read_config(checkpoint)["metadata"], config=ServerConfig(port=0))
+    out = tmp_path / "eval"
+    with server.in_background() as port:
+        argv = ["eval", "tabletop", "--server", f"ws://127.0.0.1:{port}", "--split", "train"]
+        argv += ["--episodes", "1", "--families", "instruction", "--resolution", "48", "--workers", "1"]
+        argv += ["--steps-per-chunk", "10", "--output", str(out)]
+        assert main([*argv, "--mode", "oracle"]) == 0
+        assert main([*argv, "--mode", "hierarchical"]) == 2
+    assert "the server runs mode 'oracle'" in capsys.readouterr().err
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["mode"] == "oracle" and saved["settings"]["policy"] == f"ws://127.0.0.1:{port}"
+    assert saved["overall"]["subtask_accuracy"]["exact"]["mean"] == 1.0
+    assert server.stats.replies > 0 and not server.stats.errors

@@ -24,7 +24,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
-from vlaflow.sim.evaluate import EVAL_SEED, CheckpointPolicyFactory, evaluation_output, resolve_view
+from vlaflow.sim.evaluate import (
+    EVAL_SEED,
+    CheckpointPolicyFactory,
+    ServerPolicyFactory,
+    evaluation_output,
+    resolve_view,
+)
 from vlaflow.sim.generate import camera_feature
 from vlaflow.sim.tabletop.expert import ExpertPolicy
 from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
@@ -231,7 +237,9 @@ def evaluate_tabletop(
     (`vlaflow.sim.tabletop.web_eval`, under ``web/``; results["web"]).
 
     `policy` is "expert" (the scripted expert, one action per step), a checkpoint directory, or a
-    picklable `family -> policy` factory whose policies get the environment's observations. A
+    picklable `family -> policy` factory whose policies get the environment's observations (a
+    policy server's, `ServerPolicyFactory`, runs in the server's mode: `mode` must be that or
+    implicit, the default). A
     checkpoint is rendered at its training resolution with its training cameras unless `resolution`
     / `cameras` say otherwise (otherwise: 224 px, the default cameras).
     """
@@ -243,6 +251,18 @@ def evaluate_tabletop(
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     output = Path(output)
     expert = policy == "expert"
+    served = isinstance(policy, ServerPolicyFactory)
+    if served:
+        server = policy.metadata()
+        served_mode = server.get("mode", "implicit")
+        if mode not in ("implicit", served_mode):
+            raise ValueError(f"mode={mode!r}: the server runs mode {served_mode!r} (vlaflow serve --mode)")
+        mode, subtask_every, num_steps = (
+            served_mode,
+            server.get("subtask_every") or 1,
+            server["model"]["num_steps"],
+        )
+    model = served or (isinstance(policy, str) and not expert)  # a model that runs in `mode`
     if expert:
         factory: Callable[[str], Policy] = ExpertPolicy
     elif isinstance(policy, str):
@@ -272,7 +292,7 @@ def evaluate_tabletop(
             steps_per_chunk=chunk,
             record=recorded,
         ):
-            records.append(_record(episode, predicts_subtasks=isinstance(policy, str) and mode != "implicit"))
+            records.append(_record(episode, predicts_subtasks=model and mode != "implicit"))
             if episode.images:
                 name = (
                     f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
@@ -283,16 +303,16 @@ def evaluate_tabletop(
         bar.close()
     results = summarize(records, families)
     results["settings"] = {
-        "policy": policy if isinstance(policy, str) else repr(policy),
+        "policy": policy if isinstance(policy, str) else policy.uri if served else repr(policy),
         "split": split,
         "episodes_per_family": episodes,
         "seed": seed,
         "steps_per_chunk": chunk,
         "resolution": resolution,
         "cameras": [camera_feature(c) for c in cameras],
-        "denoising_steps": None if expert or not isinstance(policy, str) else num_steps,
-        "mode": None if expert or not isinstance(policy, str) else mode,
-        "subtask_every": subtask_every if isinstance(policy, str) and mode == "hierarchical" else None,
+        "denoising_steps": num_steps if model else None,
+        "mode": mode if model else None,
+        "subtask_every": subtask_every if model and mode == "hierarchical" else None,
         "intervals": "success: Wilson score 95%; progress, language following: percentile bootstrap 95% "
         f"over episodes ({BOOTSTRAP_SAMPLES} resamples)",
         "seconds": time.perf_counter() - start,
