@@ -7,14 +7,28 @@ One step = the flow-matching forward, backward, gradient clipping and an AdamW u
 synthetic inputs (random images, full-length prompts), with float32 master weights and bf16
 autocast on GPUs (the trainer's recipe). Model FLOPs come from `vlaflow.models.flops` (3 x the
 analytic forward); MFU divides the achieved rate by the device's dense peak where it is known.
+
+With `--dataset DIR --config NAME` it times the trainer's own step on real data instead (the data
+pipeline with num_workers=0, then forward, losses, backward and the optimizer, `Trainer._step`),
+for one or more `--variant NAME OVERRIDE...` of the config, each run `--steps-per-turn` steps in
+turn for `--rounds` rounds in one process. Times are CPU seconds of this process on `--threads`
+compute threads: on a shared machine wall-clock time measures the other work too, and alternating
+the variants spreads what load remains evenly over them.
+
+    python -m vlaflow.bench.train --dataset data --config pi05_tabletop_tiny batch_size=16 \
+        --variant float32 --variant bf16 precision=bfloat16
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -132,11 +146,136 @@ def report(b: TrainBenchmark) -> str:
     )
 
 
+@dataclass
+class PipelineStep:
+    """One variant's cost per training step on real data (CPU seconds, medians over the steps)."""
+
+    variant: str
+    overrides: list[str]
+    batch_size: int
+    precision: str
+    parameters: int
+    threads: int
+    steps: int
+    data_s: float
+    step_s: float
+
+    @property
+    def samples_per_cpu_s(self) -> float:
+        return self.batch_size / (self.data_s + self.step_s)
+
+
+def run_pipeline(
+    config_name: str,
+    dataset: str | Path,
+    variants: Mapping[str, Sequence[str]],
+    *,
+    overrides: Sequence[str] = (),
+    rounds: int = 3,
+    steps_per_turn: int = 3,
+    warmup: int = 2,
+    threads: int = 1,
+) -> list[PipelineStep]:
+    """Each variant's data and step cost on `dataset`, measured in alternation (see the module doc)."""
+    from vlaflow.data.pipeline import SourceConfig
+    from vlaflow.training.configs import apply_overrides, named_config
+    from vlaflow.training.distributed import init_runtime
+    from vlaflow.training.trainer import Trainer
+
+    if not variants or rounds < 1 or steps_per_turn < 1:
+        raise ValueError("give at least one variant, and rounds and steps_per_turn >= 1")
+    torch.set_num_threads(threads)
+    runtime = init_runtime("cpu")
+    trainers, batches = {}, {}
+    for name, extra in variants.items():
+        config = apply_overrides(named_config(config_name), [*overrides, *extra, "num_workers=0"])
+        config.datasets = [SourceConfig(path=str(dataset))]
+        config.steps = warmup + rounds * steps_per_turn + 1
+        trainer = Trainer(config, Path(tempfile.mkdtemp()), runtime, resume=False, steps=None, progress=False)
+        trainer.model.train()
+        trainers[name], batches[name] = trainer, iter(trainer._loader(trainer._sampler()))
+        for step in range(warmup):
+            trainer._step(step, next(batches[name]))
+    data: dict[str, list[float]] = {name: [] for name in variants}
+    compute: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            for _ in range(steps_per_turn):
+                start = time.process_time()
+                batch = next(batches[name])
+                fetched = time.process_time()
+                trainer._step(warmup, batch)
+                data[name].append(fetched - start)
+                compute[name].append(time.process_time() - fetched)
+    return [
+        PipelineStep(
+            variant=name,
+            overrides=[*overrides, *variants[name]],
+            batch_size=trainer.config.batch_size,
+            precision=trainer.config.precision,
+            parameters=sum(p.numel() for p in trainer.model.parameters()),
+            threads=threads,
+            steps=len(compute[name]),
+            data_s=statistics.median(data[name]),
+            step_s=statistics.median(compute[name]),
+        )
+        for name, trainer in trainers.items()
+    ]
+
+
+def pipeline_report(results: Sequence[PipelineStep]) -> str:
+    base = results[0]
+    lines = [
+        f"training step on real data: CPU seconds per step on {base.threads} thread(s), "
+        f"medians of {base.steps} steps per variant, variants alternated"
+    ]
+    for r in results:
+        ratio = (r.data_s + r.step_s) / (base.data_s + base.step_s)
+        lines.append(
+            f"{r.variant:>16}: {r.parameters / 1e6:7.2f} M params  {r.precision:>8}  "
+            f"data {1e3 * r.data_s:7.1f} ms  step {1e3 * r.step_s:8.1f} ms  "
+            f"{r.samples_per_cpu_s:6.2f} samples/CPU-s  ({ratio:.2f}x the first's cost)"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, batch_size=8, iterations=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    parser.add_argument("--dataset", type=Path, help="time the trainer's step on this dataset instead")
+    parser.add_argument("--config", default="pi05_tiny", help="with --dataset: the training config")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar="NAME [OVERRIDE ...]",
+        help="with --dataset: a named variant of the config (repeat to compare; default: the config)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --dataset: turns of every variant")
+    parser.add_argument("--steps-per-turn", type=int, default=3, help="with --dataset: steps per turn")
+    parser.add_argument("--threads", type=int, default=1, help="with --dataset: compute threads")
+    parser.add_argument("overrides", nargs="*", help="with --dataset: key=value for every variant")
     args = parser.parse_args(argv)
+    if args.dataset is not None:
+        variants = {v[0]: v[1:] for v in args.variant or [["config"]]}
+        results = run_pipeline(
+            args.config,
+            args.dataset,
+            variants,
+            overrides=args.overrides,
+            rounds=args.rounds,
+            steps_per_turn=args.steps_per_turn,
+            warmup=args.warmup,
+            threads=args.threads,
+        )
+        print(pipeline_report(results))
+        if args.json:
+            rows = [{**asdict(r), "samples_per_cpu_s": r.samples_per_cpu_s} for r in results]
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
+    if args.overrides or args.variant:
+        parser.error("overrides and --variant need --dataset")
     result = run(
         args.preset,
         device=args.device,
