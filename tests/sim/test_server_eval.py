@@ -75,8 +75,8 @@ def test_server_backed_episodes_equal_in_process_ones(tmp_path, rtc, steps_per_c
     assert server.stats.replies == 2 * chunks and not server.stats.errors  # chunks per 14-step episode
     for a, b in zip(local, remote, strict=True):
         assert (a.task, a.seed, a.success) == (b.task, b.seed, b.success)
-        np.testing.assert_allclose(a.actions, b.actions, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(a.raw, b.raw, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.raw, b.raw)
     assert np.abs(local[0].actions[:2] - local[0].actions[4:6]).max() > 1e-3  # fresh noise every chunk
 
 

@@ -14,7 +14,8 @@ inference starts from the observation at index s of the current chunk, the d act
 executed while the policy computes, and the new chunk is executed from its index d on. From the second
 inference on, the policy's observation also carries ``prev_actions`` (the current chunk from index s:
 the actions not yet executed at that time, robot units) and ``inference_delay`` (d), which real-time
-chunking (`vlaflow.inference.rtc`) uses; other policies ignore them. ``delay=0`` is synchronous
+chunking (`vlaflow.inference.rtc`) uses (a policy server's client forwards them to a server that
+does RTC, `vlaflow serve --rtc`); other policies ignore them. ``delay=0`` is synchronous
 execution (the simulator waits for every chunk), the behaviour of every evaluation so far.
 
 Episodes stop ``steps_after_success`` steps after the first success or at the simulator's step limit.
