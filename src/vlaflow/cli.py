@@ -330,6 +330,37 @@ _DEMO_OPTIONS = (
     "eval_episodes_per_task",
     "workers",
 )
+_TABLETOP_DEMO_OPTIONS = ("families", "episodes", "eval_episodes")
+
+
+def _demo_tabletop(args: argparse.Namespace) -> int:
+    from vlaflow.demo import TabletopDemoConfig, run_tabletop_demo, tabletop_report
+    from vlaflow.sim.tabletop.tasks import FAMILIES
+
+    wrong = [o for o in ("tasks", "episodes_per_task", "eval_episodes_per_task") if getattr(args, o)]
+    if wrong:
+        raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in wrong)}: Meta-World options")
+    output = args.output or Path("demo-tabletop")
+    options = {
+        "episodes": args.episodes,
+        "eval_episodes": args.eval_episodes,
+        **{k: getattr(args, k) for k in ("resolution", "steps", "batch_size", "workers")},
+    }
+    if args.families:
+        families = tuple(args.families.split(","))
+        unknown = [f for f in families if f not in FAMILIES or f == "verbal"]
+        if unknown:
+            raise ValueError(f"--families {unknown}: expected task families among {list(FAMILIES[:-1])}")
+        options["families"] = families
+    summary = run_tabletop_demo(
+        output, TabletopDemoConfig(**{k: v for k, v in options.items() if v is not None})
+    )
+    print(tabletop_report(summary))
+    print(
+        f"videos {output / 'eval' / '{train,ood}' / 'videos'}, charts {output / 'eval' / '{train,ood}'}, "
+        f"loss curve {output / 'run' / 'loss.png'}, checkpoint {summary['checkpoint']}"
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -337,6 +368,12 @@ def _demo(args: argparse.Namespace) -> int:
     from vlaflow.sim.metaworld import resolve_tasks
     from vlaflow.sim.tabletop.evaluate import wilson_interval
 
+    if args.benchmark == "tabletop":
+        return _demo_tabletop(args)
+    wrong = [f"--{k.replace('_', '-')}" for k in _TABLETOP_DEMO_OPTIONS if getattr(args, k) is not None]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: tabletop options (vlaflow demo tabletop)")
+    args.output = args.output or Path("demo")
     config = DemoConfig(
         **({"tasks": tuple(resolve_tasks(args.tasks))} if args.tasks else {}),
         **{k: v for k in _DEMO_OPTIONS if (v := getattr(args, k)) is not None},
@@ -553,19 +590,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(
         commands,
         "demo",
-        "the main job: Meta-World demonstrations -> a tiny pi0.5 trained on the CPU -> success rate",
+        "the main job: demonstrations -> a tiny pi0.5 trained on the CPU -> evaluation (Meta-World: "
+        "success rate; tabletop: hierarchical pi0.5 co-trained on every kind of data)",
     )
     demo.add_argument(
-        "--output", type=Path, default=Path("demo"), help="where everything goes; rerun to resume"
+        "benchmark", nargs="?", choices=["metaworld", "tabletop"], default="metaworld", help="which simulator"
+    )
+    demo.add_argument(
+        "--output", type=Path, help="where everything goes; rerun to resume (default: demo / demo-tabletop)"
     )
     demo.add_argument("--tasks", help="Meta-World task names, comma-separated (default: three easy tasks)")
-    demo.add_argument("--episodes-per-task", type=int, help="demonstrations per task (default: 20)")
+    demo.add_argument(
+        "--episodes-per-task", type=int, help="Meta-World: demonstrations per task (default: 20)"
+    )
+    demo.add_argument("--families", help="tabletop: task families, comma-separated (default: two)")
+    demo.add_argument("--episodes", type=int, help="tabletop: task episodes (default: 60)")
     demo.add_argument(
         "--resolution", type=int, help="camera resolution of data and evaluation (default: 112)"
     )
-    demo.add_argument("--steps", type=int, help="training steps (default: 1500)")
-    demo.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
-    demo.add_argument("--eval-episodes-per-task", type=int, help="evaluation episodes per task (default: 10)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 1500; tabletop 1200)")
+    demo.add_argument("--batch-size", type=int, help="training batch size (default: 32; tabletop 16)")
+    demo.add_argument(
+        "--eval-episodes-per-task", type=int, help="Meta-World: evaluation episodes per task (default: 10)"
+    )
+    demo.add_argument(
+        "--eval-episodes", type=int, help="tabletop: evaluation episodes per family and split (default: 4)"
+    )
     demo.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
     demo.set_defaults(run=_demo)
 
