@@ -363,6 +363,31 @@ def _demo_tabletop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from vlaflow.sim.tabletop.ablations import CHART_FILE, REPORT_FILE, ablation_report, run_ablations
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1") from None
+    summary = run_ablations(
+        args.output,
+        dataset=args.dataset,
+        seeds=seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_episodes=args.eval_episodes,
+        families=args.families.split(",") if args.families else None,
+        workers=args.workers,
+        extra_overrides=args.overrides,
+        variants=args.variants.split(",") if args.variants else None,
+        videos=args.videos,
+    )
+    print(ablation_report(summary))
+    print(f"report {args.output / REPORT_FILE}, chart {args.output / CHART_FILE}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vlaflow.demo import DemoConfig, run_demo
     from vlaflow.sim.metaworld import resolve_tasks
@@ -619,6 +644,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
     demo.set_defaults(run=_demo)
 
+    ablate = _command(
+        commands,
+        "ablate",
+        "the pi0.5 paper's ablations in miniature: train each variant's run per seed, evaluate every "
+        "variant on both splits, report with intervals (rerun to continue)",
+        epilog="Any number of key=value training settings may follow; they change every run alike.",
+    )
+    ablate.add_argument("benchmark", choices=["tabletop"], help="which simulator")
+    ablate.add_argument("--dataset", type=Path, required=True, help="a `vlaflow generate tabletop` directory")
+    ablate.add_argument(
+        "--output", type=Path, required=True, help="where runs, evaluations and the report go"
+    )
+    ablate.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    ablate.add_argument("--steps", type=int, default=1_200, help="training steps of every run")
+    ablate.add_argument("--batch-size", type=int, default=16, help="training batch size of every run")
+    ablate.add_argument("--eval-episodes", type=int, default=10, help="episodes per family, split and seed")
+    ablate.add_argument("--families", help="task families to evaluate (default: those the dataset trains)")
+    ablate.add_argument("--variants", help="comma-separated subset (default: all six)")
+    ablate.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
+    ablate.add_argument("--videos", type=int, default=1, help="videos per family of each evaluation")
+    ablate.set_defaults(run=_ablate)
+
     train = _command(
         commands,
         "train",
@@ -686,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if a.startswith("-") or "=" not in a]
-    if bad or (extra and args.command != "train"):
+    if bad or (extra and args.command not in ("train", "ablate")):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     args.overrides = extra
     warnings.formatwarning = lambda message, *_, **__: f"vlaflow {args.command}: warning: {message}\n"
