@@ -91,6 +91,13 @@ def test_every_variant_is_trained_once_evaluated_on_both_splits_and_a_rerun_does
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in VARIANTS) and "report" in printed
 
+    # Other settings for an existing run are refused before anything trains.
+    with pytest.raises(ValueError, match="trained with other settings"):
+        run_ablations(
+            out, dataset=dataset, workers=1, extra_overrides=SMALL, progress=False, **TOY | {"batch_size": 8}
+        )
+    assert _mtimes(out / "runs") | _mtimes(out / "eval") == before
+
     # A run whose mixture holds a kind its variant drops stops the study.
     metrics = out / "runs" / "no_web" / "seed0" / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -299,6 +299,8 @@ def run_ablations(
         lacking = sorted(set(config.sample_kinds) & set(TABLETOP_KINDS) - held)
         if lacking:
             raise ValueError(f"{dataset} holds no {lacking} samples, which run {run!r} trains on")
+    for (run, seed), config in configs.items():  # an existing run started otherwise: refuse before training
+        _same_recipe(output / "runs" / run / f"seed{seed}", config)
     output.mkdir(parents=True, exist_ok=True)
     eval_defaults = TabletopDemoConfig()
     trained: dict[str, dict[str, Any]] = {run: {} for run in runs}
@@ -307,7 +309,6 @@ def run_ablations(
         for i, run in enumerate(runs):
             directory = output / "runs" / run / f"seed{seed}"
             config = configs[run, seed]
-            _same_recipe(directory, config)
             done = complete_checkpoints(directory)
             if done and done[-1][0] >= steps:
                 _say(progress, f"seed {seed}, run {run}: trained ({done[-1][1].name})")
@@ -417,25 +418,25 @@ def ablation_report(summary: dict[str, Any]) -> str:
         "# π0.5 ablations in miniature (tabletop)",
         "",
         f"Each training run: `pi05_tabletop_tiny`, {s['steps']} steps of batch {s['batch_size']}; "
-        f"seeds {seeds}; {s['eval_episodes_per_family']} episodes per family and split per seed "
+        f"seeds {seeds}; {s['eval_episodes_per_family']} episode(s) per family, split and seed "
         f"(families: {', '.join(s['families'])}); hierarchical decoding every {s['subtask_every']} chunks."
         + (f" Overrides: `{' '.join(s['extra_overrides'])}`." if s["extra_overrides"] else ""),
         "",
-        "Percentages with 95% intervals pooled over seeds (success: Wilson; the rest: bootstrap over "
+        "All numbers in %, with 95% intervals pooled over seeds (success: Wilson; the rest: bootstrap over "
         "episodes); subtask accuracy: normalized match against the plan step in force, where the mode "
         "reports subtasks. The paper's column is the π0.5 paper's task progress of real mobile "
         "manipulators in unseen homes: shown for the direction of each effect, not comparable in scale.",
     ]
     for split in SPLITS:
         title = "held-out scenes (`ood`)" if split == "ood" else "training scenes (`train`)"
-        paper = "paper (real robot, unseen homes)"
+        paper = split == "ood"  # the paper's numbers are for unseen homes
         lines += [
             "",
             f"## {title}",
             "",
-            f"| variant | trained on | mode | progress | progress per seed | success | language following "
-            f"| subtask accuracy | episodes | {paper} |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| variant | trained on | mode | progress | progress per seed | success | language following "
+            "| subtask accuracy | episodes |" + (" paper (real robot, unseen homes) |" if paper else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if paper else ""),
         ]
         for name, v in summary["variants"].items():
             result = v["splits"][split]
@@ -445,8 +446,8 @@ def ablation_report(summary: dict[str, Any]) -> str:
             accuracy = _percent(o["subtask_accuracy"]["normalized"]) if "subtask_accuracy" in o else "—"
             lines.append(
                 f"| {name} | {v['trained_on']} | {v['mode']} | {_percent(o['progress'])} | {per_seed} | "
-                f"{success} | {_percent(o['language_following'])} | {accuracy} | {o['episodes']} | "
-                f"{v['paper'] or '—'} |"
+                f"{success} | {_percent(o['language_following'])} | {accuracy} | {o['episodes']} |"
+                + (f" {v['paper'] or '—'} |" if paper else "")
             )
     if summary.get("chart"):
         lines += ["", f"![task progress per variant]({Path(summary['chart']).name})"]
@@ -501,7 +502,7 @@ def plot_ablations(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"tabletop ablations: {summary['settings']['steps']} steps per run, seeds {seeds}", fontsize=9
     )
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
