@@ -36,12 +36,23 @@ Layout under the output directory::
     summary.json                       per variant and split: each seed's scores and the pooled ones
     report.md, ablations.png           `ablation_report` and the progress chart
 
-The commands of a study (rerun the last one as often as needed; a rerun continues, and adding a seed
-later trains and evaluates only that seed)::
+The commands of a study, one per seed (rerun one as often as needed: it continues; the last prints
+and writes the report over every seed given)::
 
-    vlaflow generate tabletop --output data/tabletop --episodes 200 --resolution 112
+    # a 2-core CPU: the demo's data (instruction + items_in_drawer, 60 episodes, verbal sessions and
+    # web samples, 112 px) and its training budget; evaluation on those two families and verbal.
+    # Estimated (from the tiny step's ~1 s per batch of 16 on one thread, not measured end to end):
+    # about an hour of training (four runs) and under an hour of evaluation per seed, idle machine.
+    python -c "from vlaflow.sim.tabletop.generate import generate_tabletop as g; g('data/demo', \\
+        families=('instruction', 'items_in_drawer'), episodes=60, resolution=112)"  # = demo-tabletop/data
+    vlaflow ablate tabletop --dataset data/demo --output ablations --seeds 0 \\
+        --steps 1200 --batch-size 16 --eval-episodes 8 --workers 2
+    vlaflow ablate tabletop ... --seeds 0,1      # then 0,1,2: only the new seed trains and evaluates
+
+    # a GPU machine (16 CPU cores for the simulator): every family, more data, steps and episodes
+    vlaflow generate tabletop --output data/tabletop --episodes 500 --resolution 112 --workers 16
     vlaflow ablate tabletop --dataset data/tabletop --output ablations --seeds 0,1,2 \\
-        --steps 1200 --batch-size 16 --eval-episodes 10
+        --steps 6000 --batch-size 64 --eval-episodes 20 --workers 14 num_workers=4
 
 Intervals are pooled over seeds: every episode of every seed is one observation (success: Wilson score;
 progress, language following, subtask accuracy: percentile bootstrap over episodes), so they show the
