@@ -157,7 +157,7 @@ def run_tabletop_demo(
     start = time.perf_counter()
     _tabletop_dataset(output / "data", config, progress)
     seconds["generate"] = time.perf_counter() - start
-    checkpoint = _checkpoint(output / "run", config, output / "data", progress)
+    checkpoint = trained_checkpoint(output / "run", config, output / "data", progress)
     seconds["train"] = time.perf_counter() - start - seconds["generate"]
     splits = {}
     for split in ("train", "ood"):
@@ -192,7 +192,11 @@ def run_tabletop_demo(
     return summary
 
 
-def _checkpoint(output: Path, config: DemoConfig | TabletopDemoConfig, dataset: Path, progress: bool) -> Path:
+def trained_checkpoint(
+    output: Path, config: DemoConfig | TabletopDemoConfig, dataset: Path, progress: bool
+) -> Path:
+    """The last checkpoint of `config.train_config(dataset)` trained to `config.steps` under
+    `output`: reused when complete, resumed when interrupted, trained otherwise."""
     done = complete_checkpoints(output)
     if done and done[-1][0] >= config.steps:
         return done[-1][1]
@@ -210,7 +214,7 @@ def run_demo(
     start = time.perf_counter()
     _dataset(output / "data", config, progress)
     seconds["generate"] = time.perf_counter() - start
-    checkpoint = _checkpoint(output / "run", config, output / "data", progress)
+    checkpoint = trained_checkpoint(output / "run", config, output / "data", progress)
     seconds["train"] = time.perf_counter() - start - seconds["generate"]
     results = evaluate_metaworld(
         output / "eval",

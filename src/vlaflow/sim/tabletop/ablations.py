@@ -76,7 +76,7 @@ import numpy as np
 from vlaflow.data.lerobot import validate_dataset
 from vlaflow.data.lerobot.meta import SUBTASKS_PATH
 from vlaflow.data.mixture import WebSamples
-from vlaflow.demo import TabletopDemoConfig, _checkpoint
+from vlaflow.demo import TabletopDemoConfig, trained_checkpoint
 from vlaflow.pretrained import read_config
 from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, summarize
 from vlaflow.sim.tabletop.generate import EPISODES_META, TASK_FAMILIES
@@ -150,7 +150,7 @@ class MixtureError(ValueError):
 
 @dataclass(frozen=True)
 class _Recipe(TabletopDemoConfig):
-    """The demo's training recipe with an ablation's changes (so `vlaflow.demo._checkpoint` trains it)."""
+    """The demo's training recipe with an ablation's changes (`vlaflow.demo.trained_checkpoint` trains it)."""
 
     drop: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
@@ -328,7 +328,7 @@ def run_ablations(
                 _say(
                     progress, f"seed {seed}, run {run} ({i + 1}/{len(runs)}): training {steps} steps{resume}"
                 )
-            checkpoint = _checkpoint(directory, recipes[run, seed], dataset, progress)
+            checkpoint = trained_checkpoint(directory, recipes[run, seed], dataset, progress)
             trained[run][str(seed)] = {
                 "checkpoint": str(checkpoint),
                 **check_run(run, directory, checkpoint, config),
