@@ -1,4 +1,4 @@
-"""Dropping the target columns no sample uses changes the work of a step, never its losses."""
+"""Dropping the target and prompt columns no sample uses changes the work of a step, never its losses."""
 
 from __future__ import annotations
 
@@ -58,3 +58,21 @@ def test_a_term_without_real_tokens_keeps_one_column():
         ).text_tokens
         is None
     )
+
+
+def test_prompt_padding_columns_are_dropped_and_the_losses_are_unchanged():
+    model = recipe_model()  # max_token_len 12
+    obs = make_observation(model.config, batch=2)
+    obs.tokenized_prompt_mask[:, 9:] = False  # no prompt is longer than 9 tokens
+    trimmed = obs.without_prompt_padding()
+    assert trimmed.tokenized_prompt.shape == (2, 9) and trimmed.tokenized_prompt_mask[:, -1].any()
+    targets, (noise, time) = targets_for(model), flow_inputs(model)
+    sums = {
+        label: term_sums(model.compute_losses(o, targets, noise=noise, time=time), targets)
+        for label, o in (("padded", obs), ("trimmed", trimmed))
+    }
+    for term, (value, count) in sums["padded"].items():
+        assert count == sums["trimmed"][term][1]
+        torch.testing.assert_close(value, sums["trimmed"][term][0], rtol=1e-5, atol=1e-6)
+    empty = dataclasses.replace(obs, tokenized_prompt_mask=torch.zeros_like(obs.tokenized_prompt_mask))
+    assert empty.without_prompt_padding().tokenized_prompt.shape == (2, 1)

@@ -7,6 +7,7 @@ Raw robot data becomes an `Observation` through `vlaflow.data.transforms`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,8 @@ from vlaflow.models.config import VLAConfig
 class Observation:
     """images[name]: (B, S, S, 3) or (B, 3, S, S) float in [-1, 1]; image_masks[name]: (B,) bool
     (False = camera missing; absent = all present); state: (B, action_dim) float;
-    tokenized_prompt: (B, L) int64; tokenized_prompt_mask: (B, L) bool (False = padding)."""
+    tokenized_prompt: (B, L) int64, L <= max_token_len; tokenized_prompt_mask: (B, L) bool (False =
+    padding)."""
 
     images: dict[str, Tensor]
     state: Tensor
@@ -51,18 +53,20 @@ class Observation:
             f"float (B, {config.action_dim}) (normalized, zero-padded to action_dim)",
             self.state,
         )
+        length = self.tokenized_prompt.shape[-1]
         _expect(
-            self.tokenized_prompt.shape == (b, config.max_token_len)
+            self.tokenized_prompt.shape == (b, length)
+            and 1 <= length <= config.max_token_len
             and self.tokenized_prompt.dtype in (torch.int64, torch.int32),
             "tokenized_prompt",
-            f"int64 (B={b}, max_token_len={config.max_token_len})",
+            f"int64 (B={b}, L <= max_token_len={config.max_token_len})",
             self.tokenized_prompt,
         )
         _expect(
-            self.tokenized_prompt_mask.shape == (b, config.max_token_len)
+            self.tokenized_prompt_mask.shape == (b, length)
             and self.tokenized_prompt_mask.dtype == torch.bool,
             "tokenized_prompt_mask",
-            f"bool (B={b}, max_token_len={config.max_token_len})",
+            f"bool (B={b}, L={length}), the prompt's shape",
             self.tokenized_prompt_mask,
         )
         missing = [k for k in config.image_keys if k not in self.images]
@@ -87,6 +91,18 @@ class Observation:
                 _expect(
                     m.shape == (b,) and m.dtype == torch.bool, f"image_masks[{name!r}]", f"bool (B={b},)", m
                 )
+
+    def without_prompt_padding(self) -> Observation:
+        """The batch without the trailing prompt columns that are padding in every sample (at least
+        one kept). Prompts are padded to `max_token_len` and most are far shorter; padding is masked
+        out of attention and positions, so the columns cost compute and change nothing."""
+        used = self.tokenized_prompt_mask.any(dim=0).nonzero()
+        width = int(used.max()) + 1 if used.numel() else 1
+        return dataclasses.replace(
+            self,
+            tokenized_prompt=self.tokenized_prompt[:, :width],
+            tokenized_prompt_mask=self.tokenized_prompt_mask[:, :width],
+        )
 
     def channels_first(self, name: str) -> Tensor:
         image = self.images[name]
