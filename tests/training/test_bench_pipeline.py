@@ -19,12 +19,14 @@ def test_pipeline_benchmark_times_each_variant_of_the_real_trainer(toy_dataset):
         rounds=2,
         steps_per_turn=1,
         warmup=1,
+        profile_operators=5,
     )
     assert [r.variant for r in results] == ["f32", "bf16"]
     assert [r.precision for r in results] == ["float32", "bfloat16"]
     for r in results:
         assert r.steps == 2 and r.step_s > 0 and r.data_s >= 0 and r.batch_size == 2
         assert r.samples_per_cpu_s == 2 / (r.data_s + r.step_s)
+        assert "aten::" in r.operators and "Self CPU" in r.operators
         assert r.overrides[-1:] == (["precision=bfloat16"] if r.variant == "bf16" else TINY[-1:])
 
 

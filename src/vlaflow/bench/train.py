@@ -159,6 +159,7 @@ class PipelineStep:
     steps: int
     data_s: float
     step_s: float
+    operators: str | None = None  # torch.profiler's table of the costliest operators, if asked
 
     @property
     def samples_per_cpu_s(self) -> float:
@@ -175,8 +176,10 @@ def run_pipeline(
     steps_per_turn: int = 3,
     warmup: int = 2,
     threads: int = 1,
+    profile_operators: int = 0,
 ) -> list[PipelineStep]:
-    """Each variant's data and step cost on `dataset`, measured in alternation (see the module doc)."""
+    """Each variant's data and step cost on `dataset`, measured in alternation (see the module doc);
+    with `profile_operators` N > 0, also the N costliest operators of `steps_per_turn` more steps."""
     from vlaflow.data.pipeline import SourceConfig
     from vlaflow.training.configs import apply_overrides, named_config
     from vlaflow.training.distributed import init_runtime
@@ -190,7 +193,7 @@ def run_pipeline(
     for name, extra in variants.items():
         config = apply_overrides(named_config(config_name), [*overrides, *extra, "num_workers=0"])
         config.datasets = [SourceConfig(path=str(dataset))]
-        config.steps = warmup + rounds * steps_per_turn + 1
+        config.steps = warmup + (rounds + 1) * steps_per_turn + 1
         trainer = Trainer(config, Path(tempfile.mkdtemp()), runtime, resume=False, steps=None, progress=False)
         trainer.model.train()
         trainers[name], batches[name] = trainer, iter(trainer._loader(trainer._sampler()))
@@ -207,6 +210,16 @@ def run_pipeline(
                 trainer._step(warmup, batch)
                 data[name].append(fetched - start)
                 compute[name].append(time.process_time() - fetched)
+    operators = {name: None for name in trainers}
+    if profile_operators > 0:
+        for name, trainer in trainers.items():
+            steps = [next(batches[name]) for _ in range(steps_per_turn)]
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                for batch in steps:
+                    trainer._step(warmup, batch)
+            operators[name] = profiler.key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=profile_operators
+            )
     return [
         PipelineStep(
             variant=name,
@@ -218,6 +231,7 @@ def run_pipeline(
             steps=len(compute[name]),
             data_s=statistics.median(data[name]),
             step_s=statistics.median(compute[name]),
+            operators=operators[name],
         )
         for name, trainer in trainers.items()
     ]
@@ -236,6 +250,12 @@ def pipeline_report(results: Sequence[PipelineStep]) -> str:
             f"data {1e3 * r.data_s:7.1f} ms  step {1e3 * r.step_s:8.1f} ms  "
             f"{r.samples_per_cpu_s:6.2f} samples/CPU-s  ({ratio:.2f}x the first's cost)"
         )
+    for r in results:
+        if r.operators:
+            lines += [
+                f"\n{r.variant}: costliest operators (torch.profiler, one more turn of steps)",
+                r.operators,
+            ]
     return "\n".join(lines)
 
 
@@ -255,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="with --dataset: turns of every variant")
     parser.add_argument("--steps-per-turn", type=int, default=3, help="with --dataset: steps per turn")
     parser.add_argument("--threads", type=int, default=1, help="with --dataset: compute threads")
+    parser.add_argument(
+        "--profile-operators",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dataset: print the N costliest ops",
+    )
     parser.add_argument("overrides", nargs="*", help="with --dataset: key=value for every variant")
     args = parser.parse_args(argv)
     if args.dataset is not None:
@@ -268,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             steps_per_turn=args.steps_per_turn,
             warmup=args.warmup,
             threads=args.threads,
+            profile_operators=args.profile_operators,
         )
         print(pipeline_report(results))
         if args.json:
