@@ -42,3 +42,17 @@ def test_pipeline_benchmark_cli_prints_and_writes_json(toy_dataset, tmp_path, ca
         and row["overrides"] == [*TINY, "batch_size=4"]
     )
     assert row["parameters"] > 0 and row["samples_per_cpu_s"] > 0
+
+
+def test_a_variant_can_start_from_another_named_config(toy_dataset):
+    flow, fast = run_pipeline(
+        "pi05_tiny",
+        toy_dataset,
+        {"flow": [], "fast": ["config=pi0fast_tiny"]},
+        overrides=TINY,
+        rounds=1,
+        steps_per_turn=1,
+        warmup=0,
+    )
+    assert fast.overrides == [*TINY, "config=pi0fast_tiny"]
+    assert fast.parameters < flow.parameters  # pi0-FAST has no action expert

@@ -2,8 +2,10 @@
 
     python docs/results/fast-and-insulation/report.py --root . --out docs/results/fast-and-insulation
 
-Reads `calib.json` (calibrate.py), `runs/s{seed}/{run}/metrics.jsonl`, `eval/s{seed}/{run}_{step}/
-results.json` and `latency.json` (latency.py) under --root; writes `study.json`, `budget.png` (success
+Reads `calib.json` (`python -m vlaflow.bench.train --dataset ... --json calib.json`),
+`runs/s{seed}/{run}/metrics.jsonl`, `eval/s{seed}/{run}_{step}/results.json` and `latency.json`
+(latency.py) under --root, plus, with `--merge study.json`, the evaluations and training figures of
+an earlier report for the seeds --root does not hold (runs measured on another machine); writes `study.json`, `budget.png` (success
 against the share of the training budget spent), `final.png` (success at the full budget, seeds
 pooled) and `losses.png`, and prints the markdown tables of the results page.
 """
@@ -129,11 +131,11 @@ def plot_final(finals: dict[str, tuple[int, int]], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_losses(root: Path, out: Path) -> None:
+def plot_losses(root: Path, seed: int, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, (variant, runs) in enumerate(VARIANTS.items()):
         for run in runs:
-            rows = metrics(root, 0, run)
+            rows = metrics(root, seed, run)
             for ax, key in zip(axes, ("loss_fast", "loss_flow"), strict=True):
                 points = [(budget_share(run, r["step"]), r[key]) for r in rows if key in r]
                 if points:
@@ -142,7 +144,7 @@ def plot_losses(root: Path, out: Path) -> None:
                         x, y, color=f"C{i}", label=variant if run == runs[-1] or key == "loss_fast" else None
                     )
     for ax, title in zip(axes, ("FAST cross-entropy (nats/token)", "flow loss (per element)"), strict=True):
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title}, seed {seed}", fontsize=9)
         ax.set_xlabel("share of the training budget")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -160,9 +162,13 @@ def main() -> None:
     )
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--merge", type=Path, help="an earlier study.json: its seeds that --root lacks")
     args = parser.parse_args()
     rows = evaluations(args.root)
-    calib = {
+    earlier = json.loads(args.merge.read_text()) if args.merge else {"evaluations": [], "training": {}}
+    seeds = {r["seed"] for r in rows}
+    rows += [r for r in earlier["evaluations"] if r["seed"] not in seeds]
+    calib = earlier.get("calibration", {}) | {
         name: json.loads(path.read_text())
         for name in ("calib.json", "calib_padded.json")
         if (path := args.root / name).exists()
@@ -182,6 +188,7 @@ def main() -> None:
         for run in RUNS
         if (m := metrics(args.root, seed, run))
     }
+    train |= {key: value for key, value in earlier["training"].items() if int(key.split("/")[0][1:]) not in seeds}
     study = {
         "calibration": calib,
         "evaluations": rows,
@@ -193,7 +200,7 @@ def main() -> None:
     (args.out / "study.json").write_text(json.dumps(study, indent=1, ensure_ascii=False))
     plot_budget(rows, args.out / "budget.png")
     plot_final(finals, args.out / "final.png")
-    plot_losses(args.root, args.out / "losses.png")
+    plot_losses(args.root, min(seeds, default=0), args.out / "losses.png")
     print("| variant | seed | run | step | budget | success (n/N) [95% Wilson] | per task |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (list(RUNS).index(r["run"]), r["seed"], r["step"])):

@@ -179,7 +179,9 @@ def run_pipeline(
     profile_operators: int = 0,
 ) -> list[PipelineStep]:
     """Each variant's data and step cost on `dataset`, measured in alternation (see the module doc);
-    with `profile_operators` N > 0, also the N costliest operators of `steps_per_turn` more steps."""
+    with `profile_operators` N > 0, also the N costliest operators of `steps_per_turn` more steps.
+    A variant whose first override is `config=NAME` starts from that named config instead (to
+    compare, say, π0-FAST with π0.5 on the same data)."""
     from vlaflow.data.pipeline import SourceConfig
     from vlaflow.training.configs import apply_overrides, named_config
     from vlaflow.training.distributed import init_runtime
@@ -191,7 +193,10 @@ def run_pipeline(
     runtime = init_runtime("cpu")
     trainers, batches = {}, {}
     for name, extra in variants.items():
-        config = apply_overrides(named_config(config_name), [*overrides, *extra, "num_workers=0"])
+        base, extra = config_name, list(extra)
+        if extra and extra[0].startswith("config="):
+            base = extra.pop(0).removeprefix("config=")
+        config = apply_overrides(named_config(base), [*overrides, *extra, "num_workers=0"])
         config.datasets = [SourceConfig(path=str(dataset))]
         config.steps = warmup + (rounds + 1) * steps_per_turn + 1
         trainer = Trainer(config, Path(tempfile.mkdtemp()), runtime, resume=False, steps=None, progress=False)
@@ -270,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         action="append",
         metavar="NAME [OVERRIDE ...]",
-        help="with --dataset: a named variant of the config (repeat to compare; default: the config)",
+        help="with --dataset: a named variant of the config, its first override may be config=NAME "
+        "(repeat to compare; default: the config)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --dataset: turns of every variant")
     parser.add_argument("--steps-per-turn", type=int, default=3, help="with --dataset: steps per turn")
