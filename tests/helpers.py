@@ -1,10 +1,12 @@
-"""Shared test inputs: observations with padding and a missing camera, and non-degenerate weights."""
+"""Shared test inputs: observations with padding and a missing camera, and non-degenerate weights;
+the reference of cached decoding (logits recomputed over the whole sequence)."""
 
 from __future__ import annotations
 
 import torch
 
-from vlaflow import Observation, VLAConfig
+from vlaflow import VLA, Observation, VLAConfig
+from vlaflow.models.segments import Kind, Segment, build_layout
 
 
 def make_observation(
@@ -39,3 +41,17 @@ def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> Non
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
+
+
+def full_recomputation_logits(model: VLA, obs, generated: torch.Tensor) -> torch.Tensor:
+    """Logits after `generated` tokens, recomputing the whole sequence without a cache."""
+    prefix, segments = model.embed_prefix(obs)
+    vlm = [prefix]
+    if generated.shape[1]:
+        vlm.append(model.transformer.embed_tokens(generated))
+        segments.append(Segment(Kind.TEXT_TARGET, torch.ones(generated.shape, dtype=torch.bool)))
+    layout = build_layout(segments)
+    valid = torch.cat([s.valid for s in segments], 1)
+    hidden, _ = model.transformer([torch.cat(vlm, 1), None], layout.mask, layout.positions, [None, None])
+    last = torch.where(valid, torch.arange(valid.shape[1]), -1).max(1).values
+    return model.text_logits(hidden[torch.arange(valid.shape[0]), last])

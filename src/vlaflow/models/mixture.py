@@ -15,6 +15,9 @@ VLM through attention, while the VLM's own losses still train it.
 A static-shape `KVCache` lets inference run the prefix once and then run only the expert's
 tokens at every denoising step: each pass writes its K/V at a fixed offset and reads the cache
 up to the end of its own slots, so every step sees the same shapes (CUDA-graph friendly).
+Decoding text one token at a time moves the offset at every step instead: a pass given its
+offset as a tensor writes its K/V there by index and reads the whole cache (its mask hides the
+slots not written yet), so those steps share one shape too.
 Sampling can also hand a pass what depends on time and positions only, computed once for all
 denoising steps: the RoPE tables and every adaptive norm's modulation (`modulations`).
 """
@@ -61,7 +64,7 @@ class KVCache:
 class Pass:
     """What every layer of one pass shares: which experts have tokens and where, the additive
     mask rows, the RoPE tables, the adaRMS conditions or their precomputed modulations, and the
-    cache offset."""
+    cache offset (an int, or a 0-dim int64 tensor: see `MixtureTransformer.forward`)."""
 
     spans: dict[int, tuple[int, int]]
     mask: Tensor
@@ -69,7 +72,12 @@ class Pass:
     sin: Tensor
     conds: list[Tensor | None]
     modulations: list[Tensor | None]
-    offset: int
+    offset: int | Tensor
+
+    def end(self, hi: int) -> int | None:
+        """How many cache slots the tokens ending at `hi` read: up to their own last slot, or
+        all of them (None) when the offset is a tensor."""
+        return self.offset + hi if isinstance(self.offset, int) else None
 
     def norm(self, norm: nn.Module, x: Tensor, e: int, index: int) -> tuple[Tensor, Tensor | None]:
         """Expert e's norm number `index` (2 per layer, then the final one) of x."""
@@ -109,19 +117,25 @@ class MixtureLayer(nn.Module):
         k = apply_rope(torch.cat(ks, dim=2), p.cos, p.sin)
         v = torch.cat(vs, dim=2)
         if cache is not None:
-            cache[0][:, :, p.offset : p.offset + k.shape[2]] = k
-            cache[1][:, :, p.offset : p.offset + v.shape[2]] = v
+            if isinstance(p.offset, Tensor):
+                slots = p.offset + torch.arange(k.shape[2], device=k.device)
+                cache[0].index_copy_(2, slots, k)
+                cache[1].index_copy_(2, slots, v)
+            else:
+                cache[0][:, :, p.offset : p.offset + k.shape[2]] = k
+                cache[1][:, :, p.offset : p.offset + v.shape[2]] = v
             k, v = cache
 
         out: list[Tensor | None] = [None] * len(xs)
         for e in finishing:
             lo, hi = p.spans[e]
-            keys, values = k[:, :, : p.offset + hi], v[:, :, : p.offset + hi]
+            end = p.end(hi)
+            keys, values = k[:, :, :end], v[:, :, :end]
             if self.insulate and e == EXPERT:
                 own = p.offset + lo
                 keys = torch.cat([keys[:, :, :own].detach(), keys[:, :, own:]], dim=2)
                 values = torch.cat([values[:, :, :own].detach(), values[:, :, own:]], dim=2)
-            mask = p.mask[:, :, lo:hi, : p.offset + hi]
+            mask = p.mask[:, :, lo:hi, :end]
             attn = F.scaled_dot_product_attention(
                 q[:, :, lo:hi],
                 keys,
@@ -186,7 +200,7 @@ class MixtureTransformer(nn.Module):
         positions: Tensor | None,
         conds: list[Tensor | None],
         cache: KVCache | None = None,
-        offset: int = 0,
+        offset: int | Tensor = 0,
         keep: tuple[bool, ...] = (True, True),
         *,
         rope: tuple[Tensor, Tensor] | None = None,
@@ -195,13 +209,16 @@ class MixtureTransformer(nn.Module):
         """Run all layers over the tokens of this pass.
 
         inputs[e]: (B, n_e, width_e) embeddings of expert e's tokens in this pass, or None.
-        mask: (B, Lq, offset + Lq) rows of the layout for this pass's tokens, bool or already
-        additive (`additive_mask`).
+        mask: (B, Lq, offset + Lq) rows of the layout for this pass's tokens ((B, Lq, capacity)
+        with a tensor offset), bool or already additive (`additive_mask`).
         positions: (B, Lq) positions of this pass's tokens (None when `rope` gives their tables).
         conds[e]: (B, width_e) adaRMS condition for an adaptive expert, else None; or, in
         `modulations[e]`, its precomputed `self.modulations(e, cond)` (conds[e] is then unused).
         cache/offset: with a cache, this pass's K/V go to slots [offset, offset + Lq) and the
-        attention reads slots [0, offset + Lq); without one, offset must be 0.
+        attention reads slots [0, offset + Lq); an offset given as a 0-dim int64 tensor writes the
+        same slots by index and reads the whole cache, so passes at different offsets have one
+        shape and nothing depends on the offset's value on the host (one-token decoding steps);
+        without a cache, offset must be 0.
         keep[e]: whether expert e's outputs are wanted. The last layer skips the attention, output
         projection and MLP of the others (the flow loss and the prefill only need the VLM's keys
         and values), which also leaves those weights out of the graph.
@@ -212,7 +229,7 @@ class MixtureTransformer(nn.Module):
             raise ValueError("the transformer needs tokens for at least one expert")
         if present[-1] >= len(self.norms):
             raise ValueError("this model has no action expert: a pass may carry VLM tokens only")
-        if cache is None and offset:
+        if cache is None and not (isinstance(offset, int) and offset == 0):
             raise ValueError("offset is only meaningful with a KV cache")
         spans, start = {}, 0
         for e in present:

@@ -51,6 +51,29 @@ class Generation:
 
 
 @dataclass
+class Decoding:
+    """A generation's state once its prompt is in the cache, all that a one-token step reads:
+    the cache (capacity = prompt + tokens to decode), which slots hold real prompt tokens
+    (B, capacity) bool, each decoding slot's index (capacity,) int64 (the capacity at the
+    prompt's slots, so no decoding slot ever compares below them), and the RoPE position of slot
+    0 (B,) int64, so that a token at slot s sits at position `position_offset + s`."""
+
+    cache: KVCache
+    prompt: Tensor
+    slots: Tensor
+    position_offset: Tensor
+
+    def readable(self, slot: Tensor) -> Tensor:
+        """(B, capacity) bool: the real prompt tokens and the decoded ones up to `slot` included."""
+        return self.prompt | (self.slots <= slot)
+
+
+# A one-token decoding step: (state, token (B,), slot (0-dim int64)) -> next-token logits (B, V)
+# float32, writing the token's keys/values at the slot (`VLA.decode_step` or a compiled one).
+DecodeStep = Callable[[Decoding, Tensor, Tensor], Tensor]
+
+
+@dataclass
 class Prefix:
     """What the denoising steps need after the prefix has run once: the filled cache, the expert
     tokens' rows of the attention mask (additive, in the compute dtype), their positions and
@@ -478,6 +501,7 @@ class VLA(nn.Module):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
         keep_logits: bool = False,
+        step: DecodeStep | None = None,
     ) -> Generation:
         """Decode tokens after the prompt with a static KV cache: tokens (B, T), lengths (B,), and
         with `keep_logits` the logits (B, T, V) each token was chosen from.
@@ -487,57 +511,81 @@ class VLA(nn.Module):
         length; later slots hold the pad id 0). Every sample's first token sits at the position
         right after its own last real prompt token, whatever the padding, and each step reads the
         real prompt tokens and the tokens decoded so far (checked against full recomputation).
+
+        The prompt runs once into a cache with room for every step; each token is then fed by
+        `step` (`decode_step` by default; `inference.engine.DecodingEngine` passes a compiled or
+        CUDA-graph one), a pass of one shape whatever the step. Choosing the tokens stays here,
+        as does the check after each one whether every sample has ended (a host read).
         """
         obs.check(self.config)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        prefix, segments = self.embed_prefix(obs)
-        layout = build_layout(segments)
-        valid = torch.cat([s.valid for s in segments], dim=1)
-        b, n = valid.shape
+        step = step or self.decode_step
         steps = len(forced) + max_new_tokens
-        cache = KVCache.allocate(self.config.vlm, b, n + steps, prefix.dtype, prefix.device)
-        (hidden, _) = self.transformer(
-            [prefix, None], layout.mask, layout.positions, [None, None], cache=cache, keep=(True, False)
-        )
-        index = torch.arange(n, device=valid.device)
-        h = hidden[torch.arange(b, device=valid.device), torch.where(valid, index, -1).max(dim=1).values]
-        readable = torch.cat([valid, valid.new_zeros(b, steps)], dim=1)
-        next_position = layout.positions.max(dim=1).values + 1
-        tokens, scores, done = [], [], torch.zeros(b, dtype=torch.bool, device=valid.device)
-        lengths = torch.zeros(b, dtype=torch.int64, device=valid.device)
-        for step in range(steps):
-            if step < len(forced):
-                token = torch.full((b,), forced[step], dtype=torch.int64, device=valid.device)
+        decoding, logits = self._start_decoding(obs, steps)
+        (b, _), device = decoding.prompt.shape, logits.device
+        slot = torch.full((), decoding.prompt.shape[1] - steps, dtype=torch.int64, device=device)
+        tokens, scores, done = [], [], torch.zeros(b, dtype=torch.bool, device=device)
+        lengths = torch.zeros(b, dtype=torch.int64, device=device)
+        for k in range(steps):
+            if k < len(forced):
+                token = torch.full((b,), forced[k], dtype=torch.int64, device=device)
             else:
-                logits = self.text_logits(h).float()
                 if keep_logits:
                     scores.append(logits)
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, dim=-1)
-                    token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(valid.device)
+                    token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
                 else:
                     token = logits.argmax(dim=-1)
                 token = torch.where(done, torch.zeros_like(token), token)
                 lengths += (~done & (token != eos_id)).long()
                 done |= token == eos_id
                 tokens.append(token)
-                if bool(done.all()) or step == steps - 1:
+                if bool(done.all()) or k == steps - 1:
                     break
-            slot = n + step
-            readable[:, slot] = True
-            (h, _) = self.transformer(
-                [self.transformer.embed_tokens(token[:, None]).to(prefix.dtype), None],
-                readable[:, None, : slot + 1],
-                (next_position + step)[:, None],
-                [None, None],
-                cache=cache,
-                offset=slot,
-                keep=(True, False),
-            )
-            h = h[:, 0]
+            logits = step(decoding, token, slot)
+            slot = slot + 1
         return Generation(
             tokens=torch.stack(tokens, dim=1),
             lengths=lengths,
             logits=torch.stack(scores, 1) if keep_logits else None,
         )
+
+    def _start_decoding(self, obs: Observation, steps: int) -> tuple[Decoding, Tensor]:
+        """The prompt run into a cache with room for `steps` more tokens, and the logits (B, V)
+        float32 after each sample's last real prompt token."""
+        prefix, segments = self.embed_prefix(obs)
+        layout = build_layout(segments)
+        valid = torch.cat([s.valid for s in segments], dim=1)
+        (b, n), device = valid.shape, valid.device
+        cache = KVCache.allocate(self.config.vlm, b, n + steps, prefix.dtype, device)
+        (hidden, _) = self.transformer(
+            [prefix, None], layout.mask, layout.positions, [None, None], cache=cache, keep=(True, False)
+        )
+        index = torch.arange(n + steps, device=device)
+        last = torch.where(valid, index[:n], -1).max(dim=1).values
+        decoding = Decoding(
+            cache,
+            prompt=torch.cat([valid, valid.new_zeros(b, steps)], dim=1),
+            slots=index.masked_fill(index < n, n + steps),
+            position_offset=layout.positions.max(dim=1).values + 1 - n,
+        )
+        return decoding, self.text_logits(hidden[torch.arange(b, device=device), last]).float()
+
+    def decode_step(self, decoding: Decoding, token: Tensor, slot: Tensor) -> Tensor:
+        """The next-token logits (B, V) float32 after feeding `token` (B,) at cache slot `slot`
+        (a 0-dim int64 tensor): one VLM pass over one token per sample, which writes its keys and
+        values at `slot` by index and attends over the whole cache, the slots after `slot` and
+        the prompt's padding masked. Every step has the same shapes and no host number depends
+        on the step, so the step compiles once and captures as one CUDA graph."""
+        (hidden, _) = self.transformer(
+            [self.transformer.embed_tokens(token[:, None]).to(self.dtype), None],
+            decoding.readable(slot)[:, None],
+            (decoding.position_offset + slot)[:, None],
+            [None, None],
+            cache=decoding.cache,
+            offset=slot,
+            keep=(True, False),
+        )
+        return self.text_logits(hidden[:, 0]).float()
