@@ -29,7 +29,8 @@ def observation(policy: Policy, seed: int = 0, **extra) -> dict:
 
 
 class Spy:
-    """Counts `generate` calls (answering "pick up the cup") and records the text `sample_actions` gets."""
+    """Counts the policy's decoding calls (answering "pick up the cup") and records the text
+    `sample_actions` gets."""
 
     def __init__(self, policy: Policy, monkeypatch):
         self.generated, self.texts = 0, []
@@ -47,7 +48,7 @@ class Spy:
             self.texts.append(text)
             return sample_actions(obs, *args, text=text, **kwargs)
 
-        monkeypatch.setattr(model, "generate", generate)
+        monkeypatch.setattr(policy.decoder, "generate", generate)
         monkeypatch.setattr(model, "sample_actions", spy_sample)
         engine_sample = policy.engine.sample  # without text, the policy samples through its engine
 

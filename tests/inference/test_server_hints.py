@@ -187,7 +187,8 @@ def test_oracle_mode_needs_a_subtask_in_every_request_and_replies_with_it(checkp
 
 
 def decode_by_row(policy: Policy, monkeypatch) -> list[int]:
-    """Makes `generate` answer "s<call> r<row>" (the batch it decodes: one call per list entry)."""
+    """Makes the policy's decoding answer "s<call> r<row>" (the batch it decodes: one call per list
+    entry)."""
     tokenizer, calls = policy.tokenizer, []
 
     def generate(obs, *, max_new_tokens, eos_id, forced=()):
@@ -197,7 +198,7 @@ def decode_by_row(policy: Policy, monkeypatch) -> list[int]:
         tokens = torch.tensor([row + [0] * (width - len(row)) for row in rows])
         return Generation(tokens=tokens, lengths=torch.tensor([len(row) for row in rows]))
 
-    monkeypatch.setattr(policy.model, "generate", generate)
+    monkeypatch.setattr(policy.decoder, "generate", generate)
     return calls
 
 

@@ -44,7 +44,7 @@ from vlaflow.data.pipeline import SourceStats
 from vlaflow.data.stats import Mode, Normalizer, to_absolute, to_delta
 from vlaflow.data.transforms import build_observation
 from vlaflow.inference import PREV_ACTIONS_KEY, SESSION_KEY, SUBTASK_KEY
-from vlaflow.inference.engine import SamplingEngine, policy_options
+from vlaflow.inference.engine import DecodingEngine, SamplingEngine, policy_options
 from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
@@ -117,6 +117,8 @@ class Policy:
             if model.has_expert
             else None
         )
+        # Decodes FAST tokens and subtasks: its step compiled and captured where that pays.
+        self.decoder = DecodingEngine(model, **policy_options(self.device))
         self.generator = torch.Generator().manual_seed(seed)
         self.camera_slots = {camera: slot for slot, camera in stats.cameras.items()}
 
@@ -267,7 +269,7 @@ class Policy:
 
     def decode_subtasks(self, obs: Observation) -> list[str]:
         """The subtask of each observation, greedily decoded after "Subtask:" (KV-cached)."""
-        out = self.model.generate(
+        out = self.decoder.generate(
             obs,
             max_new_tokens=self.max_subtask_tokens,
             eos_id=self.tokenizer.eos_id,
@@ -295,7 +297,7 @@ class Policy:
     def _decode_fast(self, obs: Observation) -> np.ndarray:
         """Normalized chunks (B, H, action_dim) from FAST tokens decoded after "Action: "."""
         c = self.model.config
-        out = self.model.generate(
+        out = self.decoder.generate(
             obs,
             max_new_tokens=self.max_fast_tokens,
             eos_id=self.tokenizer.eos_id,
