@@ -1,6 +1,8 @@
 import json
 
-from vlaflow.bench.inference import main, run
+import pytest
+
+from vlaflow.bench.inference import main, run, run_decode
 from vlaflow.models.presets import PRESETS
 
 
@@ -34,7 +36,11 @@ def test_fast_presets_time_decoding(capsys):
     args = ["--preset", "pi0fast_tiny", "--fast-tokens", "4", "--iterations", "2", "--warmup", "0"]
     assert main([*args, "--cameras", "1"]) == 0
     out = capsys.readouterr().out
-    assert "chunk of 4 tokens: median" in out and "tokens/s per sequence" in out
+    assert "chunk of 4 tokens, median ms" in out and "tokens/s | x1.00 | yes" in out
+    with pytest.raises(ValueError, match="graph variant needs a CUDA device"):
+        run_decode("pi0fast_tiny", compare=("eager", "graph"))
+    with pytest.raises(ValueError, match="unknown decoding variant 'engine'"):
+        run_decode("pi0fast_tiny", compare=("eager", "engine"), cameras=1)
 
 
 def test_gpu_suite_dry_run_writes_json_and_markdown(tmp_path):

@@ -13,7 +13,13 @@ stage is timed between device synchronizations (CUDA graphs are one graph per st
 stages add up to the total. Weights are random: latency does not depend on their values.
 
 A pi0-FAST preset (no action expert, e.g. `pi0fast`) acts by decoding tokens: the benchmark then
-times `VLA.generate` for a chunk of `--fast-tokens` tokens and reports tokens/s.
+times `VLA.generate` for a chunk of `--fast-tokens` tokens and reports tokens/s, for the variants
+of `DECODE_VARIANTS` (`eager` `VLA.generate`'s own step, `compiled` its step under
+`torch.compile`, `graph` compiled and replayed as a CUDA graph; `vlaflow.inference.engine`),
+alternated in the same way:
+
+    python -m vlaflow.bench.inference --preset pi0fast_tiny --device cpu --threads 1 \\
+        --compare eager,compiled
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ import torch
 
 from vlaflow.bench.common import DTYPES, peak_memory, synchronizer, synthetic_observation
 from vlaflow.bench.devices import Floor, sampling_floor
-from vlaflow.inference.engine import STAGES, SamplingEngine
+from vlaflow.inference.engine import STAGES, DecodingEngine, SamplingEngine
 from vlaflow.models import VLA, preset
 from vlaflow.models.config import REFERENCE_IMAGE_KEYS
+from vlaflow.models.vla import Generation
 
 VARIANTS = ("eager", "engine", "compiled", "graph")
+DECODE_VARIANTS = ("eager", "compiled", "graph")
 
 
 @dataclass
@@ -213,6 +221,18 @@ def _spread(values: list[float]) -> tuple[float, float]:
 
 
 @dataclass
+class DecodeVariantResult:
+    variant: str
+    chunk_ms: float
+    chunk_p10_ms: float
+    chunk_p90_ms: float
+    prefill_ms: float  # one call decoding a single token
+    tokens_per_s: float  # per sequence, after the prefill
+    speedup: float  # the first variant's median chunk over this one's
+    same_tokens: bool  # its chunk's tokens are the first variant's
+
+
+@dataclass
 class DecodeBenchmark:
     """pi0-FAST: one chunk = the prompt's prefill, then `tokens` greedy KV-cached decoding steps."""
 
@@ -224,16 +244,22 @@ class DecodeBenchmark:
     tokens: int
     iterations: int
     threads: int
-    chunk_ms: float
-    chunk_p10_ms: float
-    chunk_p90_ms: float
-    prefill_ms: float  # one call decoding a single token
-    tokens_per_s: float  # per sequence, after the prefill
+    variants: list[DecodeVariantResult] = field(default_factory=list)
+
+
+def _decoder(variant: str, model: VLA) -> Callable[..., Generation]:
+    """`VLA.generate`'s signature, for one decoding variant."""
+    if variant == "eager":
+        return model.generate
+    if variant not in DECODE_VARIANTS:
+        raise ValueError(f"unknown decoding variant {variant!r}; choose from {DECODE_VARIANTS}")
+    return DecodingEngine(model, compile=True, cuda_graph=variant == "graph").generate
 
 
 def run_decode(
     preset_name: str,
     *,
+    compare: tuple[str, ...] = ("eager",),
     device: str = "cpu",
     dtype: str | None = None,
     cameras: int = 3,
@@ -242,30 +268,38 @@ def run_decode(
     iterations: int = 10,
     warmup: int = 2,
 ) -> DecodeBenchmark:
-    """Times `VLA.generate` for a chunk of `tokens` FAST tokens (no end of sequence is chosen, so
-    every call decodes them all) and for a single token (the prefill), alternately."""
+    """Times each variant's decoding of a chunk of `tokens` FAST tokens (no end of sequence is
+    chosen, so every call decodes them all) and of a single token (the prefill), all alternated."""
     dev = torch.device(device)
     dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    if "graph" in compare and dev.type != "cuda":
+        raise ValueError("the graph variant needs a CUDA device")
     config = preset(preset_name, image_keys=REFERENCE_IMAGE_KEYS[:cameras])
     with dev:
         model = VLA(config).eval()
     model.set_compute_dtype(DTYPES[dtype])
     obs = synthetic_observation(model, batch_size, dev)
     sync = synchronizer(dev)
+    decoders = {v: _decoder(v, model) for v in compare}
+    chunks: dict[str, Generation] = {}
 
-    def timed(n: int) -> float:
+    def timed(variant: str, n: int) -> float:
         sync()
         start = time.perf_counter()
-        model.generate(obs, max_new_tokens=n, eos_id=-1)
+        out = decoders[variant](obs, max_new_tokens=n, eos_id=-1)
         sync()
+        if n == tokens:
+            chunks[variant] = out
         return (time.perf_counter() - start) * 1e3
 
-    for _ in range(warmup):
-        timed(tokens), timed(1)
-    chunks, prefills = zip(*((timed(tokens), timed(1)) for _ in range(iterations)), strict=True)
-    chunk, prefill = statistics.median(chunks), statistics.median(prefills)
-    p10, p90 = _spread(chunks)
-    return DecodeBenchmark(
+    for variant in compare:  # warm-up (and compilation), one variant at a time
+        for _ in range(warmup):
+            timed(variant, tokens), timed(variant, 1)
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in compare}
+    for _ in range(iterations):
+        for variant in compare:
+            times[variant].append((timed(variant, tokens), timed(variant, 1)))
+    result = DecodeBenchmark(
         preset=preset_name,
         device=str(dev),
         dtype=dtype,
@@ -274,21 +308,42 @@ def run_decode(
         tokens=tokens,
         iterations=iterations,
         threads=torch.get_num_threads(),
-        chunk_ms=chunk,
-        chunk_p10_ms=p10,
-        chunk_p90_ms=p90,
-        prefill_ms=prefill,
-        tokens_per_s=(tokens - 1) / max(chunk - prefill, 1e-9) * 1e3,
     )
+    for variant in compare:
+        chunk = statistics.median(c for c, _ in times[variant])
+        prefill = statistics.median(p for _, p in times[variant])
+        p10, p90 = _spread([c for c, _ in times[variant]])
+        result.variants.append(
+            DecodeVariantResult(
+                variant=variant,
+                chunk_ms=chunk,
+                chunk_p10_ms=p10,
+                chunk_p90_ms=p90,
+                prefill_ms=prefill,
+                tokens_per_s=(tokens - 1) / max(chunk - prefill, 1e-9) * 1e3,
+                speedup=0.0,
+                same_tokens=torch.equal(chunks[variant].tokens, chunks[compare[0]].tokens),
+            )
+        )
+    for v in result.variants:
+        v.speedup = result.variants[0].chunk_ms / v.chunk_ms
+    return result
 
 
 def report_decode(b: DecodeBenchmark) -> str:
-    return (
+    lines = [
         f"vlaflow FAST decoding benchmark: preset={b.preset} device={b.device} dtype={b.dtype} "
-        f"batch={b.batch_size} cameras={b.cameras} threads={b.threads}\n"
-        f"chunk of {b.tokens} tokens: median {b.chunk_ms:.1f} ms ({b.chunk_p10_ms:.1f}-{b.chunk_p90_ms:.1f})"
-        f"   prefill + 1 token: {b.prefill_ms:.1f} ms   decoding: {b.tokens_per_s:.1f} tokens/s per sequence"
-    )
+        f"batch={b.batch_size} cameras={b.cameras} iterations={b.iterations} threads={b.threads}",
+        f"chunk of {b.tokens} tokens, median ms: variant | chunk (p10-p90) | prefill + 1 token | "
+        "decoding per sequence | speed-up | same tokens",
+    ]
+    for v in b.variants:
+        lines.append(
+            f"  {v.variant:10s} | chunk {v.chunk_ms:8.1f} ({v.chunk_p10_ms:.1f}-{v.chunk_p90_ms:.1f}) "
+            f"| prefill {v.prefill_ms:7.1f} | {v.tokens_per_s:7.1f} tokens/s | x{v.speedup:.2f} "
+            f"| {'yes' if v.same_tokens else 'NO'}"
+        )
+    return "\n".join(lines)
 
 
 def report(b: InferenceBenchmark) -> str:
@@ -339,7 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"one of {sorted(DTYPES)}, or several comma-separated (each variant in each); "
         "default: bfloat16 on cuda, float32 on cpu",
     )
-    parser.add_argument("--compare", default="eager,engine", help=f"variants, comma-separated, of {VARIANTS}")
+    parser.add_argument(
+        "--compare",
+        help=f"variants, comma-separated, of {VARIANTS} (default eager,engine) or, for pi0-FAST "
+        f"presets, of {DECODE_VARIANTS} (default eager)",
+    )
     parser.add_argument("--cameras", type=_ints, default=[3], help="camera counts, e.g. 1,2,3")
     parser.add_argument("--batch-size", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps")
@@ -364,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": args.warmup,
             }
             if decode:
-                result = run_decode(args.preset, tokens=args.fast_tokens, **common)
+                compare = tuple((args.compare or "eager").split(","))
+                result = run_decode(args.preset, compare=compare, tokens=args.fast_tokens, **common)
                 text = report_decode(result)
             else:
-                result = run(args.preset, compare=tuple(args.compare.split(",")), steps=args.steps, **common)
+                compare = tuple((args.compare or "eager,engine").split(","))
+                result = run(args.preset, compare=compare, steps=args.steps, **common)
                 text = report(result)
             print(text, flush=True)
             results.append(asdict(result))
