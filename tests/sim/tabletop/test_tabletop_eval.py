@@ -182,3 +182,26 @@ def test_a_server_in_oracle_mode_gets_the_plan_step_over_the_wire(tmp_path, caps
     assert saved["settings"]["mode"] == "oracle" and saved["settings"]["policy"] == f"ws://127.0.0.1:{port}"
     assert saved["overall"]["subtask_accuracy"]["exact"]["mean"] == 1.0
     assert server.stats.replies > 0 and not server.stats.errors
+
+
+def test_video_banner_wraps_long_prompts_and_subtasks_instead_of_cutting_them():
+    from types import SimpleNamespace
+
+    from vlaflow.sim.tabletop.evaluate import video_frames
+
+    def episode(subtask: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            images={"scene": np.zeros((2, 48, 96, 3), np.uint8)},
+            prompts=["put the dishes in the drawer"] * 2,
+            subtasks=["", subtask],
+            progress=np.zeros(2, np.float32),
+        )
+
+    short = video_frames(episode("open the drawer"), ["scene"])
+    long = video_frames(episode("place the orange mug in the top drawer, then close the drawer"), ["scene"])
+    # 16 characters a line: the prompt on three lines, "subtask: open the drawer" on two, the step on one
+    assert short.shape[1:] == (48 + 2 + 14 * 6, 96, 3)
+    assert long.shape[1] > short.shape[1] and long.shape[1] % 2 == 0  # even: yuv420p video
+    yellow = (long[..., 0] > 200) & (long[..., 1] > 180) & (long[..., 2] < 120)
+    rows = np.flatnonzero(yellow[1].any(axis=1))
+    assert rows.max() - rows.min() > 2 * 14  # the subtask spans three lines or more

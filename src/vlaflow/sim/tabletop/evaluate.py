@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -150,25 +151,33 @@ def _record(episode: Episode, predicts_subtasks: bool) -> dict[str, Any]:
 
 def video_frames(episode: Episode, cameras: Sequence[str]) -> np.ndarray:
     """(T, H + banner, W * cameras, 3) frames: the cameras side by side over a banner with the prompt in
-    force, the subtask the policy reported (if any), progress and step."""
+    force, the subtask the policy reported (if any), progress and step. Long prompts and subtasks
+    wrap onto more lines (the banner is as tall as the episode's longest needs), never cut."""
     from PIL import Image, ImageDraw, ImageFont
 
     images = np.concatenate([episode.images[c] for c in cameras], axis=2)
     t, h, w, _ = images.shape
-    banner = 44
     font = ImageFont.load_default()
-    chars = max(10, w // 6)
+    chars, line = max(10, w // 6), 14
+    texts = [
+        [
+            (textwrap.wrap(f"prompt: {episode.prompts[i]}", chars), (235, 235, 235)),
+            (textwrap.wrap(f"subtask: {episode.subtasks[i] or '-'}", chars), (255, 220, 80)),
+            ([f"step {i}  progress {episode.progress[i - 1] if i else 0.0:.2f}"], (160, 200, 255)),
+        ]
+        for i in range(t)
+    ]
+    banner = 2 + line * max(sum(len(lines) for lines, _ in frame) for frame in texts)
     out = np.empty((t, h + banner, w, 3), dtype=np.uint8)
     for i in range(t):
         canvas = Image.new("RGB", (w, h + banner), (20, 20, 24))
         canvas.paste(Image.fromarray(images[i]), (0, 0))
         draw = ImageDraw.Draw(canvas)
-        draw.text((4, h + 2), f"prompt: {episode.prompts[i]}"[:chars], fill=(235, 235, 235), font=font)
-        draw.text(
-            (4, h + 16), f"subtask: {episode.subtasks[i] or '-'}"[:chars], fill=(255, 220, 80), font=font
-        )
-        progress = episode.progress[i - 1] if i else 0.0
-        draw.text((4, h + 30), f"step {i}  progress {progress:.2f}", fill=(160, 200, 255), font=font)
+        y = h + 2
+        for lines, colour in texts[i]:
+            for text in lines:
+                draw.text((4, y), text, fill=colour, font=font)
+                y += line
         out[i] = np.asarray(canvas)
     return out
 
