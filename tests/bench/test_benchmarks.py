@@ -49,10 +49,20 @@ def test_gpu_suite_dry_run_writes_json_and_markdown(tmp_path):
     assert suite_main([str(tmp_path), "--dry-run"]) == 0
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     names = [p["name"] for p in report["parts"]]
-    assert names[:2] == ["inference pi05_tiny batch 1", "inference pi0_tiny batch 1"]
+    assert names[:4] == [
+        "inference pi05_tiny batch 1",
+        "inference pi0_tiny batch 1",
+        "decoding pi0fast_tiny batch 1",
+        "training pi05_tiny checkpointing off",
+    ]
+    assert names[-1] == "decoding pi0fast_tiny batch 2"
     assert all("result" in p for p in report["parts"]), report["parts"]
+    decoding = report["parts"][2]["result"]
+    assert [v["variant"] for v in decoding["variants"]] == ["eager"]
+    assert decoding["variants"][0]["tokens_per_s"] > 0 and decoding["variants"][0]["same_tokens"]
     table = (tmp_path / "gpu_suite.md").read_text()
     assert "| pi05_tiny | 1 | engine |" in table and "| pi05_tiny | 2 | True | False |" in table
+    assert "| pi0fast_tiny | 1 | eager |" in table and "| pi0fast_tiny | 2 | eager |" in table
 
 
 def test_training_benchmark_counts_flops(capsys):

@@ -1,6 +1,7 @@
-"""The GPU suite: full-size pi0 and pi0.5 inference (eager, compiled, CUDA graphs) in bf16 and a
-full-size pi0.5 training step (bf16 autocast, compiled, gradient checkpointing off and on), in
-about 8 minutes on one H100 / H200; writes OUTDIR/gpu_suite.json and OUTDIR/gpu_suite.md.
+"""The GPU suite: full-size pi0 and pi0.5 inference and pi0-FAST decoding of a 64-token chunk
+(eager, compiled, CUDA graphs) in bf16 and a full-size pi0.5 training step (bf16 autocast,
+compiled, gradient checkpointing off and on), in about 8 minutes on one H100 / H200; writes
+OUTDIR/gpu_suite.json and OUTDIR/gpu_suite.md.
 
     python -m vlaflow.bench.gpu_suite OUTDIR
     python -m vlaflow.bench.gpu_suite OUTDIR --dry-run     # the same code, tiny models on a CPU
@@ -8,8 +9,8 @@ about 8 minutes on one H100 / H200; writes OUTDIR/gpu_suite.json and OUTDIR/gpu_
 Weights are random (speed does not depend on their values); nothing is downloaded. Each part runs
 only while the time budget (`--budget-s`) lasts; a part that does not fit, or runs out of
 memory, is recorded as skipped with the reason, so the suite always writes its report. The dry
-run swaps in the tiny presets, a CPU, the uncompiled engine and no training compile (compiling
-on a CPU takes minutes), and nothing else.
+run swaps in the tiny presets, a CPU, the uncompiled sampling engine, eager decoding only and no
+training compile (compiling on a CPU takes minutes), and nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class Plan:
     device: str
     inference_presets: tuple[str, ...]
     variants: tuple[str, ...]
-    batch_sizes: tuple[int, ...]
+    decode_preset: str
+    decode_variants: tuple[str, ...]
+    batch_sizes: tuple[int, ...]  # the first runs before training, the others after it
     train_preset: str
     train_batch: int
     train_compile: bool
@@ -42,13 +45,41 @@ class Plan:
     budget_s: float  # start no part after this many seconds
 
 
-FULL = Plan("cuda", ("pi05", "pi0"), ("eager", "compiled", "graph"), (1, 8), "pi05", 16, True, 20, 2, 360)
-DRY = Plan("cpu", ("pi05_tiny", "pi0_tiny"), ("eager", "engine"), (1, 2), "pi05_tiny", 2, False, 1, 1, 1e9)
+FULL = Plan(
+    device="cuda",
+    inference_presets=("pi05", "pi0"),
+    variants=("eager", "compiled", "graph"),
+    decode_preset="pi0fast",
+    decode_variants=("eager", "compiled", "graph"),
+    batch_sizes=(1, 8),
+    train_preset="pi05",
+    train_batch=16,
+    train_compile=True,
+    iterations=20,
+    warmup=2,
+    budget_s=360,
+)
+DRY = Plan(
+    device="cpu",
+    inference_presets=("pi05_tiny", "pi0_tiny"),
+    variants=("eager", "engine"),
+    decode_preset="pi0fast_tiny",
+    decode_variants=("eager",),
+    batch_sizes=(1, 2),
+    train_preset="pi05_tiny",
+    train_batch=2,
+    train_compile=False,
+    iterations=1,
+    warmup=1,
+    budget_s=1e9,
+)
 
 
 def _parts(plan: Plan) -> list[tuple[str, Callable[[], object]]]:
-    """Batch 1 inference, then training, then the larger inference batches: what matters most
-    runs first, in case the budget runs out."""
+    """Batch 1 inference and decoding, then training, then the larger batches: what matters most
+    runs first, in case the budget runs out. Decoding and training, whose calls are long (a
+    64-token chunk, a training step), time a quarter of the iterations."""
+    long_iterations = max(1, plan.iterations // 4)
 
     def infer(name: str, batch: int) -> tuple[str, Callable[[], object]]:
         return f"inference {name} batch {batch}", lambda: inference.run(
@@ -61,6 +92,20 @@ def _parts(plan: Plan) -> list[tuple[str, Callable[[], object]]]:
             warmup=plan.warmup,
         )
 
+    def decode(batch: int) -> tuple[str, Callable[[], object]]:
+        return f"decoding {plan.decode_preset} batch {batch}", lambda: inference.run_decode(
+            plan.decode_preset,
+            compare=plan.decode_variants,
+            device=plan.device,
+            dtype="bfloat16",
+            batch_size=batch,
+            iterations=long_iterations,
+            warmup=plan.warmup,
+        )
+
+    def batch(size: int) -> list[tuple[str, Callable[[], object]]]:
+        return [infer(name, size) for name in plan.inference_presets] + [decode(size)]
+
     def training(checkpointing: bool) -> tuple[str, Callable[[], object]]:
         return (
             f"training {plan.train_preset} checkpointing {'on' if checkpointing else 'off'}",
@@ -71,17 +116,13 @@ def _parts(plan: Plan) -> list[tuple[str, Callable[[], object]]]:
                 dtype="bfloat16",
                 gradient_checkpointing=checkpointing,
                 compile=plan.train_compile,
-                iterations=max(1, plan.iterations // 4),
+                iterations=long_iterations,
                 warmup=plan.warmup,
             ),
         )
 
     first, *more = plan.batch_sizes
-    return (
-        [infer(name, first) for name in plan.inference_presets]
-        + [training(False), training(True)]
-        + [infer(name, batch) for batch in more for name in plan.inference_presets]
-    )
+    return batch(first) + [training(False), training(True)] + [p for size in more for p in batch(size)]
 
 
 def _environment(plan: Plan) -> dict[str, str]:
@@ -95,6 +136,11 @@ def _environment(plan: Plan) -> dict[str, str]:
     return env
 
 
+def _results(report: dict, key: str) -> list[dict]:
+    """The results of the parts that ran whose results have `key` (which tells the kinds apart)."""
+    return [p["result"] for p in report["parts"] if key in p.get("result", {})]
+
+
 def markdown(report: dict) -> str:
     env = ", ".join(f"{k} {v}" for k, v in report["environment"].items())
     lines = [f"# vlaflow GPU suite{' (dry run)' if report['dry_run'] else ''}", "", env, ""]
@@ -103,10 +149,7 @@ def markdown(report: dict) -> str:
         "| speed-up | floor / total | peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for part in report["parts"]:
-        result = part.get("result")
-        if result is None or "variants" not in result:
-            continue
+    for result in _results(report, "floor"):
         for v in result["variants"]:
             floor = f"{100 * v['floor_fraction']:.0f}%" if v["floor_fraction"] else "-"
             peak = f"{v['peak_memory_gib']:.1f}" if v["peak_memory_gib"] is not None else "-"
@@ -118,13 +161,23 @@ def markdown(report: dict) -> str:
             )
     lines += [
         "",
+        "| decoding | batch | variant | chunk ms (p10-p90) | prefill ms | tokens/s | speed-up "
+        "| same tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in _results(report, "tokens"):
+        for v in result["variants"]:
+            lines.append(
+                f"| {result['preset']} | {result['batch_size']} | {v['variant']} | {v['chunk_ms']:.1f} "
+                f"({v['chunk_p10_ms']:.1f}-{v['chunk_p90_ms']:.1f}) | {v['prefill_ms']:.1f} "
+                f"| {v['tokens_per_s']:.0f} | x{v['speedup']:.2f} | {'yes' if v['same_tokens'] else 'NO'} |"
+            )
+    lines += [
+        "",
         "| training | batch | checkpointing | compiled | step ms | samples/s | MFU | peak GiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for part in report["parts"]:
-        r = part.get("result")
-        if r is None or "step_ms" not in r:
-            continue
+    for r in _results(report, "step_ms"):
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         lines.append(
             f"| {r['preset']} | {r['batch_size']} | {r['gradient_checkpointing']} | {r['compiled']} "
