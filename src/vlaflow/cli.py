@@ -382,6 +382,7 @@ def _ablate(args: argparse.Namespace) -> int:
         extra_overrides=args.overrides,
         variants=args.variants.split(",") if args.variants else None,
         videos=args.videos,
+        web_images=args.web_images,
     )
     print(ablation_report(summary))
     print(f"report {args.output / REPORT_FILE}, chart {args.output / CHART_FILE}")
@@ -664,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--variants", help="comma-separated subset (default: all six)")
     ablate.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
     ablate.add_argument("--videos", type=int, default=1, help="videos per family of each evaluation")
+    ablate.add_argument(
+        "--web-images",
+        type=int,
+        default=0,
+        help="also ask every run the questions of N held-out web images per split and seed",
+    )
     ablate.set_defaults(run=_ablate)
 
     train = _command(

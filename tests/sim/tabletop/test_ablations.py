@@ -1,7 +1,7 @@
 """The ablation harness at toy size: four training runs for six variants (implicit and oracle reuse the
 full checkpoint), the dropped kinds really absent from the realised mixtures, every variant scored on
-both splits, a rerun that neither trains nor evaluates, a report row per variant with intervals, and a
-loud failure when a run holds a kind its variant drops."""
+both splits, every run's answers to held-out web questions, a rerun that neither trains nor evaluates, a
+report row per variant with intervals, and a loud failure when a run holds a kind its variant drops."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_every_variant_is_trained_once_evaluated_on_both_splits_and_a_rerun_does
 ):
     out = tmp_path / "study"
     summary = run_ablations(
-        out, dataset=dataset, workers=1, videos=0, extra_overrides=SMALL, progress=False, **TOY
+        out, dataset=dataset, workers=1, videos=0, web_images=1, extra_overrides=SMALL, progress=False, **TOY
     )
     # One training run per distinct recipe: implicit and oracle evaluate the full checkpoint.
     assert {p.name for p in (out / "runs").iterdir()} == set(RUNS) == {"full", "no_hl", "no_web", "no_verbal"}
@@ -75,19 +75,33 @@ def test_every_variant_is_trained_once_evaluated_on_both_splits_and_a_rerun_does
             assert ("subtask_accuracy" in pooled) == (VARIANTS[name].mode != "implicit")
     assert (out / "ablations.png").stat().st_size > 0 and (out / "summary.json").is_file()
 
+    # Web questions: once per training run, seed and split, by the run's own checkpoint.
+    assert set(summary["web"]) == set(RUNS)
+    for run, result in summary["web"].items():
+        for split in ("train", "ood"):
+            answers = json.loads((out / "web" / run / "seed0" / split / "web_results.json").read_text())
+            assert answers["settings"]["checkpoint"] == summary["runs"][run]["0"]["checkpoint"]
+            assert answers["settings"]["split"] == split and answers["samples"]
+            pooled = result["splits"][split]["pooled"]["overall"]
+            assert pooled["samples"] == len(answers["samples"]) and 0.0 <= pooled["rate"] <= 1.0
+
     report = ablation_report(summary)
     for name in VARIANTS:
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert row.count("[") >= 3  # progress, success, language following with intervals
-    assert report.count("| full |") == 2 and "~80%" in report and "~55%" in report
+    assert report.count("| full |") == 4 and "~80%" in report and "~55%" in report
+    assert "## held-out web questions" in report
+    web_section = report.split("## held-out web questions")[1]
+    web_rows = [line for line in web_section.splitlines() if line.startswith("| no_web | no web samples |")]
+    assert [row.split(" | ")[2] for row in web_rows] == ["train", "ood"]
 
     # A rerun (through the CLI) trains nothing and evaluates nothing.
-    before = _mtimes(out / "runs") | _mtimes(out / "eval")
+    before = _mtimes(out / "runs") | _mtimes(out / "eval") | _mtimes(out / "web")
     args = ["ablate", "tabletop", "--dataset", str(dataset), "--output", str(out), "--seeds", "0", "--steps",
             "2", "--batch-size", "4", "--eval-episodes", "1", "--families", "instruction", "--workers", "1",
-            "--videos", "0", *SMALL]  # fmt: skip
+            "--videos", "0", "--web-images", "1", *SMALL]  # fmt: skip
     assert main(args) == 0
-    assert _mtimes(out / "runs") | _mtimes(out / "eval") == before
+    assert _mtimes(out / "runs") | _mtimes(out / "eval") | _mtimes(out / "web") == before
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in VARIANTS) and "report" in printed
 
@@ -96,7 +110,7 @@ def test_every_variant_is_trained_once_evaluated_on_both_splits_and_a_rerun_does
         run_ablations(
             out, dataset=dataset, workers=1, extra_overrides=SMALL, progress=False, **TOY | {"batch_size": 8}
         )
-    assert _mtimes(out / "runs") | _mtimes(out / "eval") == before
+    assert _mtimes(out / "runs") | _mtimes(out / "eval") | _mtimes(out / "web") == before
 
     # A run whose mixture holds a kind its variant drops stops the study.
     metrics = out / "runs" / "no_web" / "seed0" / "metrics.jsonl"
@@ -113,4 +127,6 @@ def test_settings_the_harness_owns_and_unknown_variants_are_refused(dataset, tmp
         run_ablations(tmp_path, dataset=dataset, extra_overrides=["steps=5"], progress=False)
     with pytest.raises(ValueError, match="variants must be"):
         run_ablations(tmp_path, dataset=dataset, variants=["no_fast"], progress=False)
+    with pytest.raises(ValueError, match="web_images must be >= 0"):
+        run_ablations(tmp_path, dataset=dataset, web_images=-1, progress=False)
     assert not any(tmp_path.iterdir())

@@ -33,6 +33,7 @@ Layout under the output directory::
 
     runs/<run>/seed<k>/                training run (checkpoints/, metrics.jsonl, loss.png)
     eval/<variant>/seed<k>/<split>/    results.json, results.png, videos/
+    web/<run>/seed<k>/<split>/         web_results.json (with ``web_images`` > 0), samples/
     summary.json                       per variant and split: each seed's scores and the pooled ones
     report.md, ablations.png           `ablation_report` and the progress chart
 
@@ -46,7 +47,7 @@ and writes the report over every seed given)::
     python -c "from vlaflow.sim.tabletop.generate import generate_tabletop as g; g('data/demo', \\
         families=('instruction', 'items_in_drawer'), episodes=60, resolution=112)"  # = demo-tabletop/data
     vlaflow ablate tabletop --dataset data/demo --output ablations --seeds 0 \\
-        --steps 1200 --batch-size 16 --eval-episodes 8 --workers 2
+        --steps 1200 --batch-size 16 --eval-episodes 8 --workers 2 --web-images 20
     vlaflow ablate tabletop ... --seeds 0,1      # then 0,1,2: only the new seed trains and evaluates
 
     # a GPU machine (16 CPU cores for the simulator): every family, more data, steps and episodes
@@ -58,6 +59,11 @@ Intervals are pooled over seeds: every episode of every seed is one observation 
 progress, language following, subtask accuracy: percentile bootstrap over episodes), so they show the
 evaluation noise, not the spread between training seeds; the report lists each seed's progress too.
 The evaluation episodes are the same for every variant and seed (paired comparisons).
+
+With ``web_images`` > 0 every training run (not variant: the answers do not depend on the evaluation
+mode) also answers the questions of that many held-out web images per split
+(`vlaflow.sim.tabletop.web_eval`): what the web data, or its absence, does to captions, VQA and
+detection, where task progress cannot tell the runs apart.
 """
 
 from __future__ import annotations
@@ -78,9 +84,12 @@ from vlaflow.data.lerobot.meta import SUBTASKS_PATH
 from vlaflow.data.mixture import WebSamples
 from vlaflow.demo import TabletopDemoConfig, trained_checkpoint
 from vlaflow.pretrained import read_config
+from vlaflow.sim.evaluate import training_view
 from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, summarize
 from vlaflow.sim.tabletop.generate import EPISODES_META, TASK_FAMILIES
 from vlaflow.sim.tabletop.tasks import FAMILIES
+from vlaflow.sim.tabletop.web import WEB_KINDS
+from vlaflow.sim.tabletop.web_eval import WEB_EVAL_SEED, evaluate_web, summarize_web
 from vlaflow.training.checkpoint import complete_checkpoints
 from vlaflow.training.configs import TABLETOP_KINDS, TrainConfig, apply_overrides
 from vlaflow.training.trainer import METRICS_FILE
@@ -266,6 +275,7 @@ def run_ablations(
     extra_overrides: Sequence[str] = (),
     variants: Sequence[str] | None = None,
     videos: int = 1,
+    web_images: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train every distinct run of `variants` (default: all of `VARIANTS`) once per seed on `dataset`,
@@ -273,7 +283,8 @@ def run_ablations(
     those the dataset trains), and write ``summary.json``, ``report.md`` and ``ablations.png`` under
     `output`; returns the summary. Resumable: rerun to continue. `extra_overrides` (``key=value``) change
     every run's training config alike (e.g. the model size); steps, batch size and seed are the
-    harness's own options."""
+    harness's own options. `web_images` > 0: every run and seed also answers the questions of that many
+    held-out web images per split."""
     output, dataset = Path(output), Path(dataset).resolve()
     names = tuple(variants) if variants is not None else tuple(VARIANTS)
     unknown = [v for v in names if v not in VARIANTS]
@@ -282,6 +293,8 @@ def run_ablations(
     seeds = tuple(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ValueError("give at least one seed")
+    if web_images < 0:
+        raise ValueError(f"web_images must be >= 0, got {web_images}")
     for item in extra_overrides:
         if item.partition("=")[0].split(".")[0] in HARNESS_SETTINGS:
             raise ValueError(f"override {item!r}: set by the harness (--steps, --batch-size, --seeds)")
@@ -365,7 +378,11 @@ def run_ablations(
                         subtask_every=eval_defaults.subtask_every,
                         progress=progress,
                     )
+            if web_images:
+                _answer_web(output / "web" / run / f"seed{seed}", checkpoint, web_images, progress)
     summary = collect(output, names, seeds, families)
+    if web_images:
+        summary["web"] = collect_web(output, runs, seeds)
     summary["settings"] = {
         "dataset": str(dataset),
         "seeds": list(seeds),
@@ -376,6 +393,7 @@ def run_ablations(
         "extra_overrides": list(extra_overrides),
         "subtask_every": eval_defaults.subtask_every,
         "steps_per_chunk": eval_defaults.steps_per_chunk,
+        "web_images": web_images,
         "seconds": time.perf_counter() - start,
     }
     summary["runs"] = trained
@@ -384,6 +402,40 @@ def run_ablations(
     (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     (output / REPORT_FILE).write_text(ablation_report(summary) + "\n")
     return summary
+
+
+def _answer_web(directory: Path, checkpoint: Path, images: int, progress: bool) -> None:
+    """Held-out web questions of both splits answered by `checkpoint` under ``directory/<split>``, at the
+    checkpoint's training resolution; an answer set made for the same checkpoint and settings is reused."""
+    for split in SPLITS:
+        where = directory / split
+        wanted = {"checkpoint": str(checkpoint), "split": split, "images": images, "seed": WEB_EVAL_SEED}
+        done = where / "web_results.json"
+        if done.is_file() and json.loads(done.read_text())["settings"] == wanted:
+            continue
+        if where.exists():
+            shutil.rmtree(where)
+        _say(progress, f"{directory.parent.name}, {directory.name}: web questions ({split})")
+        resolution = training_view(checkpoint).resolution
+        evaluate_web(checkpoint, where, split=split, images=images, resolution=resolution, progress=progress)
+
+
+def collect_web(output: Path, runs: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per training run and split: each seed's overall web-answer score and every answer pooled, by kind."""
+    web = {}
+    for run in runs:
+        splits = {}
+        for split in SPLITS:
+            per_seed, records = {}, []
+            for seed in seeds:
+                results = json.loads(
+                    (output / "web" / run / f"seed{seed}" / split / "web_results.json").read_text()
+                )
+                per_seed[str(seed)] = results["overall"]
+                records += results["samples"]
+            splits[split] = {"seeds": per_seed, "pooled": summarize_web(records)}
+        web[run] = {"trained_on": RUNS[run].description, "splits": splits}
+    return web
 
 
 def collect(
@@ -460,9 +512,46 @@ def ablation_report(summary: dict[str, Any]) -> str:
                 f"{success} | {_percent(o['language_following'])} | {accuracy} | {o['episodes']} |"
                 + (f" {v['paper'] or '—'} |" if paper else "")
             )
+    if summary.get("web"):
+        lines += _web_table(summary["web"], summary["settings"].get("web_images"))
     if summary.get("chart"):
         lines += ["", f"![task progress per variant]({Path(summary['chart']).name})"]
     return "\n".join(lines)
+
+
+def _web_table(web: dict[str, Any], images: int | None) -> list[str]:
+    """Markdown lines: per training run and split, the share of held-out web questions answered right,
+    by kind and overall, pooled over seeds with Wilson intervals."""
+    kinds = [
+        k
+        for k in WEB_KINDS
+        if any(k in s["pooled"]["kinds"] for r in web.values() for s in r["splits"].values())
+    ]
+
+    def cell(block: dict[str, Any] | None) -> str:
+        if not block:
+            return "—"
+        return f"{_percent(block, 'rate')} ({block['correct']}/{block['samples']})"
+
+    lines = [
+        "",
+        "## held-out web questions",
+        "",
+        f"Every training run answers the questions of {images} held-out web images per split and seed "
+        "(right: the normalized answer equals the target; detection: every box matched with IoU >= 0.5), "
+        "in %, Wilson 95% intervals pooled over seeds.",
+        "",
+        "| run | trained on | split | " + " | ".join(kinds) + " | all |",
+        "|---|---|---|" + "---|" * (len(kinds) + 1),
+    ]
+    for run, result in web.items():
+        for split, scores in result["splits"].items():
+            pooled = scores["pooled"]
+            cells = " | ".join(cell(pooled["kinds"].get(k)) for k in kinds)
+            lines.append(
+                f"| {run} | {result['trained_on']} | {split} | {cells} | {cell(pooled['overall'])} |"
+            )
+    return lines
 
 
 def plot_ablations(summary: dict[str, Any], path: Path) -> None:
