@@ -72,7 +72,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,20 +422,33 @@ def _answer_web(directory: Path, checkpoint: Path, images: int, progress: bool) 
 
 def collect_web(output: Path, runs: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
     """Per training run and split: each seed's overall web-answer score and every answer pooled, by kind."""
-    web = {}
-    for run in runs:
-        splits = {}
-        for split in SPLITS:
-            per_seed, records = {}, []
-            for seed in seeds:
-                results = json.loads(
-                    (output / "web" / run / f"seed{seed}" / split / "web_results.json").read_text()
-                )
-                per_seed[str(seed)] = results["overall"]
-                records += results["samples"]
-            splits[split] = {"seeds": per_seed, "pooled": summarize_web(records)}
-        web[run] = {"trained_on": RUNS[run].description, "splits": splits}
-    return web
+    return {
+        run: {
+            "trained_on": RUNS[run].description,
+            "splits": _pool_seeds(output / "web" / run, seeds, "web_results.json", "samples", summarize_web),
+        }
+        for run in runs
+    }
+
+
+def _pool_seeds(
+    folder: Path,
+    seeds: Sequence[int],
+    filename: str,
+    records_key: str,
+    pool: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> dict[str, Any]:
+    """Per split: the ``overall`` scores of ``folder/seed<k>/<split>/<filename>`` for each seed, and `pool`
+    over the records (``records_key``) of every seed together."""
+    splits = {}
+    for split in SPLITS:
+        per_seed, records = {}, []
+        for seed in seeds:
+            results = json.loads((folder / f"seed{seed}" / split / filename).read_text())
+            per_seed[str(seed)] = results["overall"]
+            records += results[records_key]
+        splits[split] = {"seeds": per_seed, "pooled": pool(records)}
+    return splits
 
 
 def collect(
@@ -444,16 +457,9 @@ def collect(
     """Per variant and split: each seed's overall scores and the scores of all their episodes pooled."""
     variants = {}
     for name in names:
-        splits = {}
-        for split in SPLITS:
-            per_seed, records = {}, []
-            for seed in seeds:
-                results = json.loads(
-                    (output / "eval" / name / f"seed{seed}" / split / "results.json").read_text()
-                )
-                per_seed[str(seed)] = results["overall"]
-                records += results["episodes"]
-            splits[split] = {"seeds": per_seed, "pooled": summarize(records, families)}
+        splits = _pool_seeds(
+            output / "eval" / name, seeds, "results.json", "episodes", lambda r: summarize(r, families)
+        )
         v = VARIANTS[name]
         variants[name] = {
             "run": v.run,
