@@ -3,6 +3,8 @@ knowledge insulation, a VLM-only (pi0-FAST) configuration, and KV-cached decodin
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -54,7 +56,25 @@ def test_losses_have_one_value_per_target_element():
     losses = model.compute_losses(make_observation(model.config), targets, noise=noise, time=time)
     assert losses.text.shape == (2, 3) and losses.fast.shape == (2, 4)
     assert losses.flow.shape == (2, 4, model.config.action_dim)
-    assert (losses.text > 0).all() and (losses.fast > 0).all()
+    assert ((losses.text > 0) == targets.text_loss).all() and ((losses.fast > 0) == targets.fast_loss).all()
+
+
+def test_cross_entropy_only_where_counted_and_unchanged_there():
+    """Tokens without a loss get 0 and skip the head; the counted ones keep their values."""
+    model = recipe_model()
+    targets = targets_for(model)
+    noise, time = flow_inputs(model)
+    obs = make_observation(model.config)
+    full = model.compute_losses(obs, targets, noise=noise, time=time)
+    text_loss = targets.text_loss.clone()
+    text_loss[0, 0] = False
+    fast_loss = targets.fast_loss.clone()
+    fast_loss[1, 1:] = False
+    fewer = dataclasses.replace(targets, text_loss=text_loss, fast_loss=fast_loss)
+    part = model.compute_losses(obs, fewer, noise=noise, time=time)
+    for got, want, counted in ((part.text, full.text, text_loss), (part.fast, full.fast, fast_loss)):
+        torch.testing.assert_close(got[counted], want[counted], rtol=1e-6, atol=1e-6)
+        assert (got[~counted] == 0).all()
 
 
 def test_padding_and_other_samples_leave_a_samples_losses_unchanged():

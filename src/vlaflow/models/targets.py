@@ -60,8 +60,9 @@ class Targets:
 
 @dataclass
 class Losses:
-    """Per-element losses: text / fast (B, L) cross-entropy per target token, flow (B, H, D)
-    squared error of the velocity; None for a term the targets did not ask for."""
+    """Per-element losses: text / fast (B, L) cross-entropy per target token (0 where the
+    targets' `*_loss` is false), flow (B, H, D) squared error of the velocity; None for a term the
+    targets did not ask for."""
 
     text: Tensor | None = None
     fast: Tensor | None = None

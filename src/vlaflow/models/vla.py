@@ -302,8 +302,8 @@ class VLA(nn.Module):
         Token i of a target is predicted from the hidden state of the real token before it (the last
         prompt token for the first target), so padding anywhere in the sequence is harmless. The
         expert sees the prefix and the text target but never the FAST tokens (`segments.HIDDEN`).
-        Masking which elements count (a sample's missing terms, padding) is the caller's: every
-        returned element is a real loss value.
+        Cross-entropy is computed only where the targets' `*_loss` is set (0 elsewhere); reducing
+        (which samples and elements count, the weights) is the caller's.
         """
         obs.check(self.config)
         targets.check(obs.batch_size, self.config)
@@ -342,6 +342,7 @@ class VLA(nn.Module):
                 vlm_out,
                 valid,
                 torch.cat([t for t in (targets.text_tokens, targets.fast_tokens) if t is not None], 1),
+                torch.cat([m for m in (targets.text_loss, targets.fast_loss) if m is not None], 1),
             )
             split = targets.text_tokens.shape[1] if targets.text_tokens is not None else 0
             text_ce = ce[:, :split] if targets.text_tokens is not None else None
@@ -350,18 +351,21 @@ class VLA(nn.Module):
             flow = F.mse_loss(self.predict_velocity(expert_out), flow_target, reduction="none")
         return Losses(text=text_ce, fast=fast_ce, flow=flow)
 
-    def _next_token_ce(self, hidden: Tensor, valid: Tensor, target_ids: Tensor) -> Tensor:
+    def _next_token_ce(self, hidden: Tensor, valid: Tensor, target_ids: Tensor, counted: Tensor) -> Tensor:
         """Cross-entropy (B, T) of the last T VLM tokens, each predicted from the previous real
-        token's hidden state."""
+        token's hidden state; 0 where `counted` (B, T) is false. Only counted tokens go through the
+        vocabulary-sized head: in a mixed batch most target columns are padding (about two thirds
+        on the tabletop mixture), and the head and its log-softmax are a tenth of a tiny model's step."""
         b, n = valid.shape
         index = torch.arange(n, device=valid.device).expand(b, n)
         last_real = torch.cummax(torch.where(valid, index, -1), dim=1).values
         before = torch.cat([last_real.new_full((b, 1), -1), last_real[:, :-1]], dim=1)[
             :, n - target_ids.shape[1] :
         ]
-        predictor = hidden.gather(1, before.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = self.text_logits(predictor).float()
-        return F.cross_entropy(logits.transpose(1, 2), target_ids, reduction="none")
+        rows, cols = counted.nonzero(as_tuple=True)
+        logits = self.text_logits(hidden[rows, before[rows, cols].clamp(min=0)]).float()
+        ce = F.cross_entropy(logits, target_ids[rows, cols], reduction="none")
+        return ce.new_zeros(target_ids.shape).index_put((rows, cols), ce)
 
     def forward(
         self,
