@@ -90,9 +90,10 @@ def _dataset(output: Path, config: DemoConfig, progress: bool) -> None:
 
 @dataclass(frozen=True)
 class TabletopDemoConfig:
-    """Sized for about 20 minutes on an idle 2-core machine: two task families (single commands, and
-    the four-step drawer task whose subtask the model must read off the scene), every other kind of
-    sample the generator writes, a few evaluation episodes per family on each split."""
+    """Sized for the 20-minute budget on an idle 2-core machine (13.4 min measured on a 2-vCPU
+    EPYC, docs/results/tabletop-demo.md): two task families (single commands, and the four-step
+    drawer task whose subtask the model must read off the scene), every other kind of sample the
+    generator writes, a few evaluation episodes per family on each split."""
 
     families: tuple[str, ...] = ("instruction", "items_in_drawer")
     episodes: int = 60
