@@ -1,10 +1,11 @@
 """Chart and table of the size x precision study (size_study.sh): held-out loss against CPU-minutes.
 
-    python docs/results/tabletop-training/size_report.py RUNS_DIR --out docs/results/tabletop-training
+    python docs/results/tabletop-training/size_report.py RUNS_DIR [--sizes FILE] --out DIR [--name NAME]
 
-Reads `sizes.json` (the step costs, next to this script) and each run's `metrics.jsonl` under
-RUNS_DIR; the x axis is steps x the run's measured CPU seconds per step (data + step, one thread),
-so every curve ends at the same budget. Writes `size_study.png` and `size_study.json` and prints the
+Reads the step costs (`--sizes`, default `sizes.json` next to this script; the file the study's
+runs were planned from) and the `metrics.jsonl` of every run of that file's variants under RUNS_DIR;
+the x axis is steps x the run's measured CPU seconds per step (data + step, one thread), so every
+curve ends at the same budget. Writes `NAME.png` and `NAME.json` (default `size_study`) and prints the
 markdown table of the results page.
 """
 
@@ -20,7 +21,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).parent
-VARIANTS = ("tiny_f32", "x2_bf16", "x4_bf16")
 TERMS = ("val_loss", "val_loss_text", "val_loss_fast", "val_loss_flow")
 TITLES = {
     "val_loss": "held-out loss (sum of the terms)",
@@ -35,11 +35,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", type=Path)
+    parser.add_argument("--sizes", type=Path, default=HERE / "sizes.json")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--name", default="size_study")
     args = parser.parse_args()
-    costs = {r["variant"]: r for r in json.loads((HERE / "sizes.json").read_text())}
+    costs = {r["variant"]: r for r in json.loads(args.sizes.read_text())}
     study = {}
-    for name in VARIANTS:
+    for name in costs:
         path = args.runs / name / "metrics.jsonl"
         if not path.exists():
             continue
@@ -68,8 +70,8 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.out / "size_study.png", dpi=120)
-    (args.out / "size_study.json").write_text(json.dumps(study, indent=1))
+    fig.savefig(args.out / f"{args.name}.png", dpi=120)
+    (args.out / f"{args.name}.json").write_text(json.dumps(study, indent=1))
     print("| model | parameters | precision | CPU-s/step | steps | " + " | ".join(TERMS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(TERMS))
     for name, run in study.items():
