@@ -180,6 +180,10 @@ def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
 def _cameras(args: argparse.Namespace, default: str) -> list[str]:
     return [c.strip() for c in (args.cameras or default).split(",") if c.strip()]
 
@@ -195,6 +199,11 @@ def _generate_tabletop(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         workers=args.workers,
         cameras=_cameras(args, "scene,wrist"),
+        skills=args.skills,
+        **({"families": _families(args.families)} if args.families else {}),
+        verbal_sessions=args.verbal_sessions,
+        web_images=args.web_images,
+        perturb=args.perturb,
     )
     print(
         f"wrote {s.task_episodes} task episodes and {s.verbal_episodes} verbal-instruction episodes "
@@ -236,7 +245,7 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
         policy=_eval_policy(args),
         split=args.split,
         episodes=args.episodes,
-        families=[f.strip() for f in args.families.split(",")] if args.families else FAMILIES,
+        families=_families(args.families) if args.families else FAMILIES,
         seed=args.seed,
         workers=args.workers,
         resolution=args.resolution,
@@ -246,25 +255,29 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
         mode=args.mode,
         subtask_every=args.subtask_every,
         web_images=args.web_images,
+        skills=args.skills,
     )
     settings = results["settings"]
     print(f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}")
     print(
         f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}  {'subtask accuracy':>17}"
+        f"  {'wrong target':>17}"
     )
-    for name, r in {**results["families"], "overall": results["overall"]}.items():
-        blocks = [r["progress"], r["success"], r["language_following"]]
-        stats = ["mean", "rate", "mean"]
-        if "subtask_accuracy" in r:
-            blocks.append(r["subtask_accuracy"]["normalized"])
-            stats.append("mean")
+    rows = {**results["families"], "overall": results["overall"]}
+    rows |= {f"  {name}": r for name, r in results.get("commands", {}).items()}
+    for name, r in rows.items():
         cells = [
-            f"{100 * b[stat]:5.1f} [{100 * b['ci95'][0]:4.0f}, {100 * b['ci95'][1]:3.0f}]"
-            for b, stat in zip(blocks, stats, strict=True)
+            f"{100 * b[stat]:5.1f} [{100 * b['ci95'][0]:4.0f}, {100 * b['ci95'][1]:3.0f}]" if b else "-"
+            for b, stat in (
+                (r["progress"], "mean"),
+                (r["success"], "rate"),
+                (r["language_following"], "mean"),
+                (r.get("subtask_accuracy", {}).get("normalized"), "mean"),
+                (r.get("wrong_target"), "rate"),
+            )
         ]
-        cells += ["-"] * (4 - len(cells))
         print(
-            f"{name:>20}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>18}  {cells[3]:>17}  "
+            f"{name:>20}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>18}  {cells[3]:>17}  {cells[4]:>17}  "
             f"({r['episodes']} episodes)"
         )
     if "web" in results:
@@ -335,7 +348,7 @@ _TABLETOP_DEMO_OPTIONS = ("families", "episodes", "eval_episodes")
 
 def _demo_tabletop(args: argparse.Namespace) -> int:
     from vlaflow.demo import TabletopDemoConfig, run_tabletop_demo, tabletop_report
-    from vlaflow.sim.tabletop.tasks import FAMILIES
+    from vlaflow.sim.tabletop.generate import TASK_FAMILIES
 
     wrong = [o for o in ("tasks", "episodes_per_task", "eval_episodes_per_task") if getattr(args, o)]
     if wrong:
@@ -348,9 +361,9 @@ def _demo_tabletop(args: argparse.Namespace) -> int:
     }
     if args.families:
         families = tuple(args.families.split(","))
-        unknown = [f for f in families if f not in FAMILIES or f == "verbal"]
+        unknown = [f for f in families if f not in TASK_FAMILIES]
         if unknown:
-            raise ValueError(f"--families {unknown}: expected task families among {list(FAMILIES[:-1])}")
+            raise ValueError(f"--families {unknown}: expected task families among {list(TASK_FAMILIES)}")
         options["families"] = families
     summary = run_tabletop_demo(
         output, TabletopDemoConfig(**{k: v for k, v in options.items() if v is not None})
@@ -441,6 +454,16 @@ def _add_mode_options(parser: argparse.ArgumentParser, help: str) -> None:
     )
     parser.add_argument(
         "--subtask-every", type=int, default=1, help="hierarchical: decode the subtask every N chunks"
+    )
+
+
+def _add_skills_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skills",
+        choices=["physical", "assisted"],
+        default="physical",
+        help="tabletop: friction grasps (physical, the hard benchmark) or forgiving grasps of objects and "
+        "handles (assisted: learnable in CPU-minutes); see docs/benchmarks/tabletop.md",
     )
 
 
@@ -574,6 +597,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--resolution", type=int, default=224, help="camera images are N x N pixels")
     generate.add_argument("--workers", type=int, help="parallel simulator processes (default: all CPUs)")
     generate.add_argument("--seed", type=int, default=0, help="episode seeds start here")
+    generate.add_argument("--families", help="tabletop: task families, comma-separated (default: all)")
+    generate.add_argument(
+        "--verbal-sessions", type=int, help="tabletop: verbal-instruction sessions (default: episodes / 5)"
+    )
+    generate.add_argument(
+        "--web-images", type=int, help="tabletop: scenes rendered for web samples (default: episodes)"
+    )
+    generate.add_argument(
+        "--perturb",
+        type=float,
+        default=0.0,
+        help="tabletop: the executed motion drifts by about this much (metres per step) while the expert's "
+        "corrections are recorded (noise injection: demonstrations that show how to recover)",
+    )
+    _add_skills_option(generate)
     generate.set_defaults(run=_generate)
 
     evaluate = _command(commands, "eval", "success rates of a policy in simulation, with a chart and videos")
@@ -611,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="tabletop, a checkpoint: also ask the questions of N held-out web images of the split",
     )
+    _add_skills_option(evaluate)
     evaluate.set_defaults(run=_eval)
 
     demo = _command(

@@ -25,8 +25,8 @@ def test_chunk_pooled_action_stats_match_brute_force():
     start = 0
     for length in lengths:
         for i in range(start, start + length):
-            for k in range(horizon):
-                a = actions[min(i + k, start + length - 1)].copy()
+            for k in range(min(horizon, start + length - i)):  # real actions only, no end padding
+                a = actions[i + k].copy()
                 a[0] -= states[i, 0]
                 pooled.append(a)
         start += length
@@ -34,7 +34,20 @@ def test_chunk_pooled_action_stats_match_brute_force():
     got = chunked_action_stats(actions, states, ends, horizon, mask)
     for name in ("mean", "std", "min", "max", "q01", "q99"):
         np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-12)
-    assert got.count == 15 * horizon
+    assert got.count == len(pooled) < 15 * horizon
+
+
+def test_action_stats_ignore_the_padding_past_short_episodes():
+    """Chunks longer than the episodes: the last action repeated past each end must not shrink a
+    dimension that is constant there (a yaw that stops turning) to a sliver of its real range."""
+    rng = np.random.default_rng(1)
+    lengths, horizon = [12] * 20, 50
+    actions = np.concatenate([np.r_[rng.uniform(-0.2, 0.2, n - 4), np.zeros(4)] for n in lengths])[:, None]
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    stats = chunked_action_stats(actions, np.zeros((len(actions), 1)), ends, horizon)
+    real = feature_stats(actions)
+    assert stats.q01[0] < -0.15 and stats.q99[0] > 0.15
+    np.testing.assert_allclose([stats.q01[0], stats.q99[0]], [real.q01[0], real.q99[0]], atol=0.03)
 
 
 def test_normalizers_round_trip_and_match_the_reference_formulas():

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
-from vlaflow.tokenizers import EmbeddedTokenizer, PaliGemmaTokenizer, discretize_state, load_tokenizer
+from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE, preset
+from vlaflow.tokenizers import (
+    EmbeddedTokenizer,
+    PaliGemmaTokenizer,
+    discretize_state,
+    load_tokenizer,
+    model_prompt,
+)
 from vlaflow.tokenizers.prompts import clean_prompt, pi05_prompt_text, prompt_token_ids, tokenize_prompt
 
 
@@ -81,6 +87,19 @@ def test_prompt_formats_are_the_references(paligemma_like):
     )
     with pytest.raises(ValueError, match="discretized state"):
         prompt_token_ids(tok, "x", None, pi05=True)
+
+
+def test_a_pi05_model_without_discrete_state_input_gets_pi0_prompts():
+    """openpi's `discrete_state_input=False`: no state anywhere, the prompt in pi0's form."""
+    tok = EmbeddedTokenizer()
+    state = np.array([0.3, -0.2])
+    with_state = model_prompt(preset("pi05_tiny"), tok, "open the box", state)
+    without = model_prompt(preset("pi05_tiny", discrete_state_input=False), tok, "open the box", state)
+    assert tok.decode(with_state[0][with_state[1]].tolist()).startswith("Task: open the box, State: ")
+    expected = tok.encode("open the box", add_bos=True) + tok.encode("\n")
+    assert without[0][without[1]].tolist() == expected
+    with pytest.raises(ValueError, match=r"pi0\.5 setting"):
+        preset("pi0_tiny", discrete_state_input=True)
 
 
 def test_state_bins_match_reference_and_are_clipped():

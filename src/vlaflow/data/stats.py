@@ -1,10 +1,13 @@
 """Normalization statistics of state and actions, and the normalizers that use them.
 
 Statistics are exact: every value is in memory (numeric columns only, no video) and quantiles
-come from `np.quantile` with linear interpolation, per dimension. Action statistics pool all
-elements of all training action chunks, as the reference does: frame i contributes actions
-i .. i + H - 1 of its episode, clamped to the episode's last action past its end (those repeats
-are what the model is trained on). With a delta-action mask, the masked dimensions are taken
+come from `np.quantile` with linear interpolation, per dimension. Action statistics pool the
+elements of all training action chunks that are real actions: frame i contributes actions
+i .. i + H - 1 of its episode, up to the episode's end. The reference also pools the copies of the
+last action that pad a chunk past the episode's end; the flow loss never sees those (they are
+masked), and with chunks about as long as the episodes they dominate a dimension that is constant
+at the end (a tabletop gripper's yaw: q01..q99 collapses to a few milliradians and the real actions
+normalize to +-18), so they are left out. With a delta-action mask, the masked dimensions are taken
 relative to the chunk's current state before pooling, so the statistics describe exactly what
 the model sees. (openpi's quantiles come from a 5,000-bin running histogram; ours have no
 approximation error.)
@@ -92,15 +95,18 @@ def chunked_action_stats(
     horizon: int,
     delta_mask: Sequence[bool] | None = None,
 ) -> FeatureStats:
-    """Statistics of all action-chunk elements; one dimension at a time to bound memory."""
-    idx = chunk_indices(episode_ends, horizon)
+    """Statistics of the action-chunk elements inside their episodes (never the padding past an
+    episode's end); one dimension at a time to bound memory."""
+    steps = np.arange(len(episode_ends))[:, None] + np.arange(horizon)[None, :]
+    real = steps < episode_ends[:, None]
+    idx = np.minimum(steps, episode_ends[:, None] - 1)
     mask = _check_delta_mask(delta_mask, actions.shape[1], states.shape[1])
     per_dim = []
     for d in range(actions.shape[1]):
         values = actions[idx, d].astype(np.float64)
         if mask[d]:
             values -= states[:, d : d + 1]
-        per_dim.append(feature_stats(values.reshape(-1, 1)))
+        per_dim.append(feature_stats(values[real].reshape(-1, 1)))
     return FeatureStats(
         **{
             k: np.concatenate([getattr(s, k) for s in per_dim])

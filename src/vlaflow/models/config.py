@@ -58,6 +58,9 @@ class VLAConfig:
     through FAST tokens only. `fast_vocab_size` FAST action tokens get embedding rows after the
     `vocab_size` text tokens (ids vocab_size .. vocab_size + fast_vocab_size - 1), so they collide
     with no text, `<loc>` or `<seg>` token.
+    `discrete_state_input` (openpi's name; None: `pi05`) writes the discretized state into the prompt;
+    a pi0.5 model without it sees no state at all (the prompt takes pi0's form, "prompt\n"), so it
+    must read where the robot is from its cameras.
     """
 
     vision: SiglipConfig
@@ -71,6 +74,7 @@ class VLAConfig:
     max_token_len: int = 48
     image_keys: tuple[str, ...] = REFERENCE_IMAGE_KEYS
     knowledge_insulation: bool = False
+    discrete_state_input: bool | None = None
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
 
@@ -92,6 +96,13 @@ class VLAConfig:
             raise ValueError(f"fast_vocab_size must be >= 0, got {self.fast_vocab_size}")
         if not self.image_keys:
             raise ValueError("image_keys must name at least one camera")
+        if self.discrete_state_input and not self.pi05:
+            raise ValueError("discrete_state_input=True is a pi0.5 setting (pi0 projects the state instead)")
+
+    @property
+    def state_in_prompt(self) -> bool:
+        """Whether prompts carry the discretized state (`discrete_state_input`, default: pi0.5)."""
+        return self.pi05 if self.discrete_state_input is None else self.discrete_state_input
 
     @property
     def tokens_per_image(self) -> int:

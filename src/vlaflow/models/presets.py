@@ -20,6 +20,11 @@ GEMMA_VARIANTS = {
 }
 SO400M = SiglipConfig()
 TINY_VISION = SiglipConfig(image_size=112, patch_size=14, width=96, depth=3, mlp_dim=192, num_heads=4)
+TABLETOP_VISION = SiglipConfig(image_size=112, patch_size=28, width=96, depth=3, mlp_dim=192, num_heads=4)
+"""The tiny vision tower with 28-px patches: 16 tokens per image, a quarter of the image tokens of
+14-px patches (the prefix and most of a training step's cost)."""
+TABLETOP_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb")
+"""The tabletop's two cameras (scene, wrist) in the first two slots; no black third slot."""
 TINY_VLM = GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
 TINY_EXPERT = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
 PALIGEMMA_VOCAB_SIZE = 257_152
@@ -65,6 +70,16 @@ def _tiny(pi05: bool) -> VLAConfig:
     )
 
 
+def _tabletop_tiny(*, expert: bool) -> VLAConfig:
+    """CPU-sized for the tabletop: 16 tokens per image, only the two camera slots the data has, chunks
+    of 10 actions (half a second), prompts up to 48 tokens; `expert=False` is its VLM alone (what
+    `pi05_tabletop_base_tiny` pre-trains)."""
+    config = _tiny(pi05=True).replace(
+        vision=TABLETOP_VISION, image_keys=TABLETOP_IMAGE_KEYS, action_horizon=10, max_token_len=48
+    )
+    return config if expert else config.replace(expert=None)
+
+
 TINY_FAST_VOCAB = 256
 FAST_VOCAB = 1024
 
@@ -94,6 +109,8 @@ PRESETS = {
     "pi05_ki": lambda: _fast(reference_config(pi05=True), FAST_VOCAB, expert=True, insulate=True),
     "pi0fast_tiny": lambda: _fast(_tiny(pi05=True), TINY_FAST_VOCAB, expert=False),
     "pi05_ki_tiny": lambda: _fast(_tiny(pi05=True), TINY_FAST_VOCAB, expert=True, insulate=True),
+    "pi05_tabletop_tiny": lambda: _tabletop_tiny(expert=True),
+    "pi05_tabletop_vlm_tiny": lambda: _tabletop_tiny(expert=False),
 }
 
 

@@ -104,13 +104,15 @@ def action_target_ids(tokenizer: Tokenizer, fast_vlm_ids: list[int]) -> list[int
 def model_prompt(
     config: VLAConfig, tokenizer: Tokenizer, prompt: str, state: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The padded prompt in the format `config` was built for (pi0, pi0.5 or with FAST tokens)."""
+    """The padded prompt in the format `config` was built for (pi0, pi0.5 or with FAST tokens; a
+    model without `discrete_state_input` gets pi0's form and never the state)."""
+    with_state = config.state_in_prompt
     return tokenize_prompt(
         tokenizer,
         prompt,
-        state,
-        pi05=config.pi05,
-        fast=config.fast_vocab_size > 0,
+        state if with_state else None,
+        pi05=config.pi05 and with_state,
+        fast=config.fast_vocab_size > 0 and with_state,
         max_len=config.max_token_len,
     )
 

@@ -40,7 +40,7 @@ from typing import Any
 from vlaflow.data.mixture import SAMPLE_KINDS
 from vlaflow.data.pipeline import SourceConfig
 from vlaflow.models import VLAConfig
-from vlaflow.models.presets import FAST_VOCAB, TINY_FAST_VOCAB
+from vlaflow.models.presets import FAST_VOCAB, PRESETS, TINY_FAST_VOCAB
 from vlaflow.training.optim import OptimConfig
 
 
@@ -250,8 +250,6 @@ def _full(model: str, **changes: Any) -> TrainConfig:
 def _stage2(config: TrainConfig, expert: str) -> TrainConfig:
     """The recipe's second stage: start from a stage-1 (VLM-only) checkpoint (`init=DIR`), add a
     fresh action expert, flow weight alpha = 10, knowledge insulation on."""
-    from vlaflow.models.presets import PRESETS  # the expert's size, by preset
-
     expert_config = dataclasses.asdict(PRESETS[expert]().expert)
     config.model_overrides = {"expert": expert_config, "knowledge_insulation": True}
     config.flow_weight = 10.0
@@ -276,13 +274,54 @@ def _tabletop(config: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict(config.to_dict())
 
 
+TABLETOP_CAMERAS = {"base_0_rgb": "observation.images.scene", "left_wrist_0_rgb": "observation.images.wrist"}
+"""The tabletop's cameras in the slots of the `pi05_tabletop_tiny` model preset."""
+
+
+def _tabletop_cpu(model: str) -> TrainConfig:
+    """CPU-sized tabletop training: the `pi05_tabletop_tiny` model presets (16 tokens per image, two
+    camera slots, chunks of 10), a high learning rate, no augmentation, data loaded in the training
+    process (two cores: a second process would take the other core). The preset's action expert is
+    named in the model changes, so `init=` a pre-trained VLM (`pi05_tabletop_vlm_tiny`) adds it."""
+    config = _tiny(model)
+    expert = PRESETS[model]().expert
+    if expert is not None:
+        config.model_overrides = {"expert": dataclasses.asdict(expert)}
+    config.cameras = dict(TABLETOP_CAMERAS)
+    config.optim = OptimConfig(peak_lr=2e-3, end_lr=1e-4, warmup_steps=100, decay_steps=None, ema_decay=None)
+    config.augment = False
+    config.num_workers = 0
+    return config
+
+
 def _tabletop_tiny() -> TrainConfig:
-    """From scratch on a CPU: FAST + flow without insulation (one-stage insulation from scratch did
-    worst in docs/results/fast-and-insulation.md), the flow term weighted 1; chunks of 10 actions
+    """Hierarchical pi0.5 on a CPU: FAST + flow without insulation (one-stage insulation from scratch
+    did worst in docs/results/fast-and-insulation.md), the flow term weighted 1; chunks of 10 actions
     (half a second; the benchmark executes 5 per inference) keep FAST targets short."""
-    config = _tiny("pi05_tiny")
-    config.model_overrides = {"fast_vocab_size": TINY_FAST_VOCAB, "action_horizon": 10}
+    config = _tabletop_cpu("pi05_tabletop_tiny")
+    config.model_overrides["fast_vocab_size"] = TINY_FAST_VOCAB
     return _tabletop(config)
+
+
+def _tabletop_tiny_flow() -> TrainConfig:
+    """The low level alone: robot frames of the task episodes, the flow loss, the prompt as the only
+    instruction (what the assisted skills are measured with)."""
+    config = _tabletop_cpu("pi05_tabletop_tiny")
+    config.sample_kinds = {"robot": None}
+    return TrainConfig.from_dict(config.to_dict())
+
+
+def _tabletop_vlm_tiny() -> TrainConfig:
+    """The tabletop's VLM pre-trained in miniature, as PaliGemma was: text targets only, half web
+    samples (captions, VQA, detection, region descriptions), half high-level samples (the boxes of
+    what a subtask involves, then the subtask), from many rendered scenes of the training split.
+    Post-training starts from it with `init=DIR` (a fresh action expert is added)."""
+    config = _tabletop_cpu("pi05_tabletop_vlm_tiny")
+    config.sample_kinds = {"web": 1.0, "high_level": 1.0}
+    config.optim = OptimConfig(peak_lr=1e-3, end_lr=5e-5, warmup_steps=200, decay_steps=None, ema_decay=None)
+    config.steps = 6_000
+    config.save_every = 1_000
+    return TrainConfig.from_dict(config.to_dict())
 
 
 def _tabletop_full() -> TrainConfig:
@@ -308,6 +347,8 @@ CONFIGS = {
     "pi0_full": lambda: _full("pi0"),
     "pi05_full_lora": lambda: _full("pi05", freeze=["vision"], lora={"vlm": 16, "expert": 32}),
     "pi05_tabletop_tiny": _tabletop_tiny,
+    "pi05_tabletop_tiny_flow": _tabletop_tiny_flow,
+    "pi05_tabletop_vlm_tiny": _tabletop_vlm_tiny,
     "pi05_tabletop_full": _tabletop_full,
 }
 

@@ -102,7 +102,16 @@ def test_cli_generates_a_dataset(tmp_path, capsys):
     assert "1 task episodes" in capsys.readouterr().out
     ds = LeRobotDataset(out)
     assert ds.camera_keys == ["observation.images.scene"] and "annotation.boxes.scene" in ds.meta.features
-    assert json.loads((out / EPISODES_META).read_text().splitlines()[0])["split"] == "ood"
+    record = json.loads((out / EPISODES_META).read_text().splitlines()[0])
+    assert record["split"] == "ood" and record["skills"] == "physical" and record["perturb"] == 0.0
+    # The tabletop options: families, how many verbal sessions and web images, skills, noise injection.
+    out = tmp_path / "assisted"
+    options = ["--families", "instruction", "--verbal-sessions", "0", "--web-images", "0"]
+    options += ["--skills", "assisted", "--perturb", "0.003"]
+    assert main([*argv, *options, "--workers", "1", "--output", str(out)]) == 0
+    assert "0 verbal-instruction episodes" in capsys.readouterr().out and not (out / "web").exists()
+    records = [json.loads(line) for line in (out / EPISODES_META).read_text().splitlines()]
+    assert [(r["family"], r["skills"], r["perturb"]) for r in records] == [("instruction", "assisted", 0.003)]
 
 
 def test_trained_checkpoint_runs_through_the_harness(dataset, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -17,7 +18,9 @@ from vlaflow.data.stats import feature_stats
 from vlaflow.models import VLA, preset
 from vlaflow.pretrained import save_pretrained
 from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, wilson_interval
+from vlaflow.sim.tabletop.expert import ExpertPolicy
 from vlaflow.sim.tabletop.rollout import parse_output
+from vlaflow.sim.tabletop.tasks import _pick_place
 from vlaflow.tokenizers import EmbeddedTokenizer
 
 FAMILIES = ("items_in_drawer", "colour_in_container")
@@ -55,8 +58,21 @@ def test_results_json_chart_and_videos(tmp_path):
         workers=1, videos=1, resolution=48, steps_per_chunk=4, progress=False,
     )  # fmt: skip
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved) == {"families", "overall", "settings", "episodes"}
+    assert set(saved) == {"families", "overall", "settings", "episodes", "commands"}
     assert saved["settings"]["split"] == "ood" and saved["settings"]["steps_per_chunk"] == 4
+    assert saved["settings"]["skills"] == "physical"
+    # Single commands by kind; objects that never move are never the wrong target.
+    assert sum(c["episodes"] for c in saved["commands"].values()) == 2
+    assert set(saved["commands"]) <= {
+        "pick up",
+        "open the drawer",
+        "open the box",
+        "close the drawer",
+        "close the box",
+    }
+    assert saved["families"]["group_in_container"]["wrong_target"] == {
+        "rate": 0.0, "wrong": 0, "episodes": 2, "ci95": list(wilson_interval(0, 2))
+    }  # fmt: skip
     overall = saved["overall"]
     assert overall["episodes"] == 4 and overall["success"]["rate"] == 0.0 and overall["progress"]["mean"] == 0
     lo, hi = overall["success"]["ci95"]
@@ -71,6 +87,44 @@ def test_results_json_chart_and_videos(tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 1000
     videos = sorted(p.name for p in (tmp_path / "videos").glob("*.mp4"))
     assert videos == ["group_in_container_seed1000000_failure.mp4", "instruction_seed1000000_failure.mp4"]
+
+
+class ExpertFor:
+    """The scripted expert, made to carry out the plan of another object: `decoy=True` picks up and places
+    an object the prompt does not name."""
+
+    uses_images = False
+
+    def __init__(self, decoy: bool) -> None:
+        self.decoy, self.expert, self.plans = decoy, ExpertPolicy(), {}
+
+    def __call__(self, obs):
+        spec = obs["spec"]
+        if self.decoy:  # the same replacement spec all episode long (the expert restarts on a new one)
+            if spec.seed not in self.plans:
+                other = next(o.name for o in spec.scene.objects if o.name not in spec.targets)
+                plan = _pick_place(spec.scene, [other], spec.subtasks[1].dest)
+                self.plans[spec.seed] = dataclasses.replace(spec, subtasks=tuple(plan))
+            spec = self.plans[spec.seed]
+        return self.expert({**obs, "spec": spec})
+
+
+def test_wrong_targets_and_first_headings_are_scored(tmp_path):
+    """The expert heads for the named object and moves it first; sent to a distractor, it scores a
+    wrong target in every episode."""
+    for decoy in (False, True):
+        results = evaluate_tabletop(
+            tmp_path / str(decoy), policy=functools.partial(lambda decoy, family: ExpertFor(decoy), decoy),
+            split="train", episodes=3, families=("item_in_container",), workers=1, videos=0,
+            steps_per_chunk=5, progress=False,
+        )  # fmt: skip
+        r = results["families"]["item_in_container"]
+        assert r["wrong_target"]["wrong"] == (3 if decoy else 0) and r["wrong_target"]["episodes"] == 3
+        assert r["success"]["rate"] == (0.0 if decoy else 1.0)
+        headings = [e["first_heading"] for e in results["episodes"]]
+        if not decoy:
+            assert min(headings) > 0.9 and r["first_heading"]["towards"] == 1.0
+        assert all(e["first_moved"] for e in results["episodes"])
 
 
 def test_bad_policy_outputs_and_options_are_clear_errors(tmp_path):

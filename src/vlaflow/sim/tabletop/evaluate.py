@@ -37,11 +37,14 @@ from vlaflow.sim.tabletop.expert import ExpertPolicy
 from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
 from vlaflow.sim.tabletop.rollout import Episode, Policy, rollout_many
 from vlaflow.sim.tabletop.scene import check_split_name
-from vlaflow.sim.tabletop.tasks import FAMILIES
+from vlaflow.sim.tabletop.skills import check_skills
+from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec
 from vlaflow.sim.tabletop.web_eval import evaluate_web, normalized
 from vlaflow.sim.tabletop.world import FPS
 
 BOOTSTRAP_SAMPLES = 2000
+HEADING_TOWARDS = 0.7
+"""A first chunk whose direction has at least this cosine with the target's heads for it (within ~45°)."""
 Z95 = 1.959963984540054
 
 
@@ -103,6 +106,23 @@ def score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
     else:
         extra = {}
+    aimed = [r for r in records if r.get("wrong_target") is not None]
+    if aimed:
+        wrong = sum(r["wrong_target"] for r in aimed)
+        extra["wrong_target"] = {
+            "rate": wrong / len(aimed),
+            "wrong": wrong,
+            "episodes": len(aimed),
+            "ci95": wilson_interval(wrong, len(aimed)),
+        }
+    headings = [r["first_heading"] for r in records if r.get("first_heading") is not None]
+    if headings:
+        extra["first_heading"] = {
+            "mean": float(np.mean(headings)),
+            "ci95": bootstrap_interval(headings),
+            "towards": float(np.mean([h >= HEADING_TOWARDS for h in headings])),
+            "episodes": len(headings),
+        }
     return {
         "episodes": len(records),
         "progress": {
@@ -124,15 +144,43 @@ def score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(records: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
-    """Per-family and overall (pooled over all episodes) scores."""
-    return {
+    """Per-family and overall (pooled over all episodes) scores, and the single commands by kind."""
+    out = {
         "families": {f: score([r for r in records if r["family"] == f]) for f in families},
         "overall": score(records),
     }
+    commands = sorted({r["command"] for r in records if r.get("command")})
+    if commands:
+        out["commands"] = {c: score([r for r in records if r.get("command") == c]) for c in commands}
+    return out
 
 
-def _record(episode: Episode, predicts_subtasks: bool) -> dict[str, Any]:
+def command_kind(spec: EpisodeSpec) -> str | None:
+    """What a single command asks ("pick up", "open the drawer", "close the box", ...); None for the
+    other families."""
+    if spec.family != "instruction":
+        return None
+    sub = spec.subtasks[0]
+    return "pick up" if sub.kind == "pick" else f"{sub.kind} the {sub.target}"
+
+
+def first_heading(episode: Episode, steps: int) -> float | None:
+    """When the plan starts with picking an object: the cosine between the hand's first `steps` moves
+    (in the table plane) and the direction from where the hand started to that object; None otherwise
+    or when the hand did not move. It says whether the first decision headed for the target."""
+    first = episode.spec.subtasks[0]
+    if first.kind != "pick" or episode.length == 0:
+        return None
+    move = episode.actions[:steps, :2].sum(axis=0).astype(float)
+    obj = episode.spec.scene.object(first.target)
+    goal = np.array([obj.x, obj.y]) - episode.states[0, :2]
+    norm = float(np.linalg.norm(move) * np.linalg.norm(goal))
+    return float(move @ goal / norm) if norm > 1e-9 else None
+
+
+def _record(episode: Episode, predicts_subtasks: bool, chunk: int) -> dict[str, Any]:
     spec, result = episode.spec, episode.result
+    first = result.get("first_moved")
     return {
         "family": spec.family,
         "seed": spec.seed,
@@ -140,6 +188,10 @@ def _record(episode: Episode, predicts_subtasks: bool) -> dict[str, Any]:
         "subtasks": [s.text for s in spec.subtasks],
         "targets": [spec.scene.label(t) for t in spec.targets],
         "acted_on": [spec.scene.label(o) for o in result["acted_on"]],
+        "command": command_kind(spec),
+        "first_moved": spec.scene.label(first) if first else None,
+        "wrong_target": (first is not None and first not in spec.targets) if spec.targets else None,
+        "first_heading": first_heading(episode, chunk),
         "completed": [bool(c) for c in result["completed"]],
         "progress": float(result["progress"]),
         "success": bool(result["success"]),
@@ -234,6 +286,7 @@ def evaluate_tabletop(
     mode: str = "implicit",
     subtask_every: int = 1,
     web_images: int = 0,
+    skills: str = "physical",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `policy` on `episodes` episodes per family of `split`; write ``results.json``,
@@ -253,6 +306,7 @@ def evaluate_tabletop(
     / `cameras` say otherwise (otherwise: 224 px, the default cameras).
     """
     check_split_name(split)
+    check_skills(skills)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {list(families)}")
@@ -297,11 +351,11 @@ def evaluate_tabletop(
             factory,
             split=split,
             workers=workers,
-            env_kwargs={"cameras": tuple(cameras), "resolution": resolution},
+            env_kwargs={"cameras": tuple(cameras), "resolution": resolution, "skills": skills},
             steps_per_chunk=chunk,
             record=recorded,
         ):
-            records.append(_record(episode, predicts_subtasks=model and mode != "implicit"))
+            records.append(_record(episode, predicts_subtasks=model and mode != "implicit", chunk=chunk))
             if episode.images:
                 name = (
                     f"{episode.family}_seed{episode.seed}_{'success' if episode.success else 'failure'}.mp4"
@@ -314,6 +368,7 @@ def evaluate_tabletop(
     results["settings"] = {
         "policy": policy if isinstance(policy, str) else policy.uri if served else repr(policy),
         "split": split,
+        "skills": skills,
         "episodes_per_family": episodes,
         "seed": seed,
         "steps_per_chunk": chunk,

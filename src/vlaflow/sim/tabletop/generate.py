@@ -36,6 +36,7 @@ from vlaflow.sim.generate import camera_feature
 from vlaflow.sim.tabletop.expert import ExpertPolicy
 from vlaflow.sim.tabletop.rollout import Episode, rollout_many
 from vlaflow.sim.tabletop.scene import check_split_name
+from vlaflow.sim.tabletop.skills import check_skills
 from vlaflow.sim.tabletop.tasks import FAMILIES
 from vlaflow.sim.tabletop.web import generate_web_samples
 from vlaflow.sim.tabletop.world import ACTION_NAMES, FPS, STATE_NAMES
@@ -172,17 +173,23 @@ def generate_tabletop(
     verbal_sessions: int | None = None,
     web_images: int | None = None,
     cameras: Sequence[str] = DEFAULT_CAMERAS,
+    skills: str = "physical",
+    perturb: float = 0.0,
 ) -> TabletopGenerationSummary:
     """Write a dataset of `episodes` successful task episodes (spread evenly over `families`, seeds from
     `seed`), `verbal_sessions` verbal-instruction sessions (default: episodes // 5, at least 1) and the web
     samples of `web_images` rendered scenes (default: `episodes`; 0 for none) to the new directory `output`.
+    `skills` is the difficulty of the low-level skills (`vlaflow.sim.tabletop.skills`); `perturb` (metres
+    per step) makes the executed motion drift while the expert's corrections are recorded
+    (`vlaflow.sim.tabletop.rollout`); both are recorded with every episode.
     """
     check_split_name(split)
+    check_skills(skills)
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     unknown = [f for f in families if f not in FAMILIES or f == "verbal"]
     if unknown or not families:
-        raise ValueError(f"families must be a non-empty subset of {FAMILIES[:-1]}, got {list(families)}")
+        raise ValueError(f"families must be a non-empty subset of {TASK_FAMILIES}, got {list(families)}")
     verbal_sessions = max(1, episodes // 5) if verbal_sessions is None else verbal_sessions
     web_images = episodes if web_images is None else web_images
     if verbal_sessions < 0 or web_images < 0:
@@ -195,9 +202,10 @@ def generate_tabletop(
     needed = {f: n for f, n in needed.items() if n > 0}
     kwargs = {
         "workers": workers,
-        "env_kwargs": {"cameras": tuple(cameras), "resolution": resolution},
+        "env_kwargs": {"cameras": tuple(cameras), "resolution": resolution, "skills": skills},
         "steps_after_success": SETTLE_STEPS,
         "annotate": True,
+        "perturb": perturb,
     }
     bar = tqdm(total=episodes + verbal_sessions, disable=not progress, desc="demonstrations", unit="ep")
     tasks = _ExpertEpisodes(needed, seed, split, bar, **kwargs)
@@ -205,6 +213,7 @@ def generate_tabletop(
         {"verbal": verbal_sessions} if verbal_sessions else {}, seed, split, bar, **kwargs
     )
     records: list[dict[str, Any]] = []
+    how = {"skills": skills, "perturb": perturb}
     frames = task_episodes = verbal_episodes = 0
     with LeRobotDatasetWriter(
         output, fps=FPS, features=tabletop_features(cameras, resolution), robot_type=ROBOT_TYPE, subtasks=True
@@ -212,7 +221,7 @@ def generate_tabletop(
         for episode in tasks:
             segment, subtasks = _segment(episode, 0, episode.length, "task", cameras)
             writer.add_episode(segment, task=episode.spec.prompt, subtasks=subtasks)
-            records.append(_episode_record(episode, "task", episode.spec.prompt))
+            records.append(_episode_record(episode, "task", episode.spec.prompt, **how))
             frames += episode.length
             task_episodes += 1
         for number, session in enumerate(sessions):
@@ -228,7 +237,7 @@ def generate_tabletop(
                 )
                 writer.add_episode(segment, task=prompt, subtasks=subtasks)
                 records.append(
-                    _episode_record(session, "verbal_instruction", prompt, session=number, command=k)
+                    _episode_record(session, "verbal_instruction", prompt, session=number, command=k, **how)
                 )
                 frames += len(rows)
                 verbal_episodes += 1

@@ -44,6 +44,7 @@ from vlaflow.sim.tabletop.scene import (
     ObjectSpec,
     Scene,
 )
+from vlaflow.sim.tabletop.skills import PROBE, attach_name, attachable_bodies, check_skills
 
 TIMESTEP = 0.002
 FINGER_TRAVEL = 0.056  # per finger, metres: fully open (0) to fingers touching
@@ -285,7 +286,13 @@ def _object_geom(name: str, g: GeomSpec, colour: tuple[float, ...], density: flo
     return _geom(name, g.type, g.size, g.pos, rgba, euler=g.euler, collide=g.collide, extra=extra)
 
 
-def _gripper() -> str:
+_PROBE_GEOM = (
+    f'<geom name="{PROBE}" type="sphere" size="0.0005" contype="0" conaffinity="0" group="5" mass="0"/>'
+)
+"""A point at the tool centre point that touches nothing (distances for the assisted grasp)."""
+
+
+def _gripper(assisted: bool) -> str:
     fy = FINGER_HALF[1]
     y0 = MAX_OPENING / 2 + fy
     finger_extra = 'friction="1.6 0.02 0.001" condim="4" density="600"'
@@ -301,6 +308,7 @@ def _gripper() -> str:
         + _geom("wrist_link", "cylinder", (0.02, 0.04), (0, 0, 0.13), _GRIPPER_RGBA, collide=False)
         + f'<camera name="wrist" pos="{_vec(cam_pos)}" xyaxes="{wrist_axes}" fovy="{cam_fovy}"/>'
         + '<site name="tcp" pos="0 0 0" size="0.003" group="5"/>'
+        + (_PROBE_GEOM if assisted else "")
         + f'<body name="finger_l" pos="0 {y0:.6g} 0" gravcomp="1">'
         f'<joint name="finger_l" axis="0 -1 0" {slide}/>'
         + _geom("finger_l", "box", FINGER_HALF, (0, 0, FINGER_Z), _FINGER_RGBA, extra=finger_extra)
@@ -312,8 +320,15 @@ def _gripper() -> str:
     )
 
 
-def scene_xml(scene: Scene) -> str:
-    """MJCF text of `scene` (deterministic: the same scene gives the same text)."""
+def scene_xml(scene: Scene, skills: str = "physical") -> str:
+    """MJCF text of `scene` (deterministic: the same scene gives the same text). `skills="assisted"`
+    adds the inactive welds and the probe of `vlaflow.sim.tabletop.skills.GraspAssist`."""
+    assisted = check_skills(skills) == "assisted"
+    welds = "".join(
+        f'<weld name="{attach_name(entity)}" body1="hand" body2="{body}" active="false" solref="0.01 1"/>'
+        for entity, body in attachable_bodies([o.name for o in scene.objects]).items()
+        if assisted
+    )
     static_cams = "".join(
         f'<camera name="{name}" pos="{_vec(pos)}" xyaxes="{look_at(pos, target)}" fovy="{fovy}"/>'
         for name, (pos, target, fovy) in CAMERAS.items()
@@ -343,7 +358,7 @@ def scene_xml(scene: Scene) -> str:
   <geom name="wall_left" type="box" size="3 0.01 1.2" pos="0 1.3 0.4" rgba="0.76 0.74 0.7 1"/>
   <geom name="table" type="box" size="{tx} {ty} 0.025" pos="0 0 -0.025" rgba="{_rgba(_TABLE_RGBA)}"/>
   {static_cams}
-  {_gripper()}
+  {_gripper(assisted)}
   {"".join(_FIXTURE_BUILDERS[f.kind](f) for f in scene.fixtures)}
   {"".join(_object(o) for o in scene.objects)}
 </worldbody>
@@ -353,7 +368,7 @@ def scene_xml(scene: Scene) -> str:
   <exclude body1="box" body2="box_handle"/>
   <exclude body1="box_lid" body2="box_handle"/>
 </contact>
-<equality><weld body1="mocap" body2="hand" solref="0.01 1"/></equality>
+<equality><weld body1="mocap" body2="hand" solref="0.01 1"/>{welds}</equality>
 <actuator>{actuator}</actuator>
 </mujoco>
 """

@@ -7,6 +7,12 @@ A policy is any callable ``obs -> output`` (optionally with ``reset()``), where 
 always gives one). Chunks are executed ``steps_per_chunk`` actions at a time. Recording keeps, per frame,
 the observation before the action: state, prompt in force, reported subtask, the plan step in force,
 camera images, and with ``annotate=True`` the `<loc>` boxes of the entities the reported subtask involves.
+
+``perturb=sigma`` executes every action with a smoothly varying offset of the hand's motion added
+(per axis an AR(1) process with stationary standard deviation sigma metres per step, seeded by the
+episode) while the episode records the action the policy asked for: demonstrations of a closed-loop
+expert then show how to come back from where a learned policy drifts to (DART noise injection), not
+only the path a perfect policy never leaves.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec, make_subtask, samp
 from vlaflow.sim.tabletop.world import ACTION_DIM, ACTION_HIGH, ACTION_LOW, TabletopEnv
 
 Policy = Callable[[dict[str, Any]], Any]
+PERTURB_CORRELATION = 0.8
+"""Step-to-step correlation of the perturbation: offsets last a few steps, like a policy's drift."""
 
 
 @dataclass
@@ -86,9 +94,13 @@ class TabletopSimulator:
         record: bool = True,
         annotate: bool = False,
         render: bool = True,
+        perturb: float = 0.0,
     ) -> None:
+        if not perturb >= 0:
+            raise ValueError(f"perturb must be >= 0 (metres per step), got {perturb!r}")
         self.env, self._seed, self._spec = env, seed, spec
         self._record, self._annotate, self._render = record, annotate, render
+        self._perturb, self._offset, self._noise = perturb, np.zeros(3), np.random.default_rng()
         self._entities: dict[str, tuple[str, ...]] = {}
         self._states: list[np.ndarray] = []
         self._prompts: list[str] = []
@@ -113,6 +125,8 @@ class TabletopSimulator:
         self._frames = {c: [] for c in env.cameras} if self._record else {}
         self._boxes = {c: [] for c in env.cameras} if self._annotate else {}
         self._info = env.tracker.summary()
+        self._offset = np.zeros(3)
+        self._noise = np.random.default_rng([env.spec.seed, FAMILIES.index(env.spec.family), 17])
         return obs
 
     def record(self, obs: dict[str, Any], subtask: str | None) -> None:
@@ -129,6 +143,12 @@ class TabletopSimulator:
                 self._boxes[cam].append(text)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool]:
+        if self._perturb:
+            rho = PERTURB_CORRELATION
+            kick = self._noise.normal(0.0, self._perturb * np.sqrt(1 - rho**2), 3)
+            self._offset = rho * self._offset + kick
+            action = np.array(action, dtype=np.float64)
+            action[:3] += self._offset
         obs, reward, success, _, self._info = self.env.step(action)
         return obs, reward, success
 
@@ -165,15 +185,17 @@ def rollout(
     delay: int = 0,
     record: bool = True,
     annotate: bool = False,
+    perturb: float = 0.0,
 ) -> Episode:
     """Run one episode until `steps_after_success` steps after the first success or the step limit
-    (``delay``: simulated inference latency, see `vlaflow.sim.rollout`).
+    (``delay``: simulated inference latency, see `vlaflow.sim.rollout`; ``perturb``: see the module
+    docstring).
 
     `spec` (or else `seed`) goes to ``env.reset``; a ``reset()`` method on the policy is called first.
     ``record=False`` keeps images out of the episode (the policy still sees them); ``annotate`` adds the
     per-frame boxes of the reported subtask's entities in every camera.
     """
-    sim = _simulator(env, policy, seed=seed, spec=spec, record=record, annotate=annotate)
+    sim = _simulator(env, policy, seed=seed, spec=spec, record=record, annotate=annotate, perturb=perturb)
     run = run_episode(
         sim, policy, steps_per_chunk=steps_per_chunk, steps_after_success=steps_after_success, delay=delay
     )
@@ -189,14 +211,18 @@ def _simulator(env: TabletopEnv, policy: Policy, *, record: bool, **kwargs: Any)
 class TabletopSimulators:
     """A rollout worker's one environment of `split`; job (family, seed) is `sample_episode`'s episode."""
 
-    def __init__(self, split: str, env_kwargs: Mapping[str, Any], annotate: bool) -> None:
-        self._split, self._annotate = split, annotate
+    def __init__(
+        self, split: str, env_kwargs: Mapping[str, Any], annotate: bool, perturb: float = 0.0
+    ) -> None:
+        self._split, self._annotate, self._perturb = split, annotate, perturb
         self._env = TabletopEnv(split=split, **env_kwargs)
 
     def open(self, job: tuple[str, int], policy: Policy, record: bool) -> TabletopSimulator:
         family, seed = job
         spec = sample_episode(seed, family=family, split=self._split)
-        return _simulator(self._env, policy, spec=spec, record=record, annotate=self._annotate)
+        return _simulator(
+            self._env, policy, spec=spec, record=record, annotate=self._annotate, perturb=self._perturb
+        )
 
     def close(self) -> None:
         self._env.close()
@@ -214,6 +240,7 @@ def rollout_many(
     delay: int = 0,
     record: bool | Collection[tuple[str, int]] = True,
     annotate: bool = False,
+    perturb: float = 0.0,
 ) -> Iterator[Episode]:
     """Run (family, seed) jobs of `split` and yield their episodes in job order (deterministic datasets).
     ``record`` is a bool or the set of jobs whose frames to keep (e.g. the few an evaluation turns into
@@ -225,6 +252,7 @@ def rollout_many(
     must be picklable and the calling script needs an ``if __name__ == "__main__":`` guard;
     ``workers <= 1`` runs here; None uses every CPU. `env_kwargs` go to `TabletopEnv` (cameras,
     resolution). An episode depends only on its (family, seed, split), not on which worker ran it.
+    ``perturb``: executed actions drift by that much (module docstring); episodes record the policy's.
     """
     jobs = list(jobs)
     for family, seed in jobs:
@@ -232,7 +260,7 @@ def rollout_many(
             raise ValueError(f"a job is (family in {FAMILIES}, seed >= 0), got {(family, seed)!r}")
     return engine.rollout_many(
         jobs,
-        functools.partial(TabletopSimulators, split, dict(env_kwargs or {}), annotate),
+        functools.partial(TabletopSimulators, split, dict(env_kwargs or {}), annotate, perturb),
         policy_factory,
         workers=workers,
         record=record,

@@ -15,6 +15,8 @@ Families (`FAMILIES`):
 * ``verbal``              a verbal-instruction session: 3-8 commands issued one at a time (the environment's
   prompt is the command in force; the next is issued when it is done), as a person would teleoperate the
   robot through language.
+* ``item_in_container``   "put the red cup in the bowl": one named object (among 3-4) into an open container,
+  the shortest task with a plan (pick it up, place it).
 
 Each episode is a sequence of 1-8 `Subtask` s: ``pick up the X``, ``place the X in/on the C``, ``open the F``,
 ``close the F``. Scoring (`TaskTracker`) follows a points-per-step rubric, normalized to [0, 1]:
@@ -26,7 +28,8 @@ Each episode is a sequence of 1-8 `Subtask` s: ``pick up the X``, ``place the X 
 
 Success = all points. Language following = |acted on ∩ named| / |acted on ∪ named| (1 when both are empty):
 an object is acted on if it ever moved 3 cm from its start; the named objects are the prompt's targets
-(every object for "clean up the table").
+(every object for "clean up the table"). The first object to move 3 cm is recorded too: when the prompt
+names objects and it is not one of them, the policy went for the wrong target.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ FAMILIES: tuple[str, ...] = (
     "clean_up",
     "instruction",
     "verbal",
+    "item_in_container",
 )
 LONG_FAMILIES: tuple[str, ...] = FAMILIES[:5]
 HOMES: dict[str, str] = {"dishes": "bin", "fruit": "bowl", "toys": "box", "supplies": "drawer"}
@@ -221,6 +225,7 @@ class TaskTracker:
         self.start = {o: p.copy() for o, p in world.positions.items()}
         self.rest_z = {o: float(p[2]) for o, p in world.positions.items()}
         self.moved = dict.fromkeys(world.positions, 0.0)
+        self.first_moved: str | None = None  # the first object to move MOVED_DISTANCE from its start
         self.latched = [False] * len(spec.subtasks)
         self.current = 0
         self._opener = [_opener(spec.subtasks, i) for i in range(len(spec.subtasks))]
@@ -235,6 +240,8 @@ class TaskTracker:
             self.current += 1
         for o, p in world.positions.items():
             self.moved[o] = max(self.moved[o], float(np.linalg.norm(p - self.start[o])))
+            if self.first_moved is None and self.moved[o] >= MOVED_DISTANCE:
+                self.first_moved = o
         completed = []
         for i, s in enumerate(spec.subtasks):
             if s.kind in ("pick", "open"):
@@ -271,6 +278,7 @@ class TaskTracker:
             "completed": list(self.completed),
             "subtask_index": self.current,
             "acted_on": list(self.acted_on),
+            "first_moved": self.first_moved,
             "language_following": self.language_following,
         }
 
@@ -526,6 +534,21 @@ def _instruction(draw: _Draw, seed: int) -> EpisodeSpec | None:
     )
 
 
+def _item_in_container(draw: _Draw, seed: int) -> EpisodeSpec | None:
+    items = _random_items(draw, int(draw.rng.integers(3, 5)))
+    container = draw.choice(OPEN_CONTAINERS)
+    target_index = int(draw.rng.integers(len(items))) if items else 0
+    if items is None or not _capacity_ok([items[target_index][0]], container):
+        return None
+
+    def plan(scene: Scene) -> tuple[str, list[Subtask], list[str]]:
+        target = scene.objects[target_index]
+        prompt = f"put the {target.label} {preposition(container)} the {container}"
+        return prompt, _pick_place(scene, [target.name], container), [target.name]
+
+    return _build(draw, "item_in_container", seed, items, plan)
+
+
 def _verbal(draw: _Draw, seed: int) -> EpisodeSpec | None:
     items = _random_items(draw, int(draw.rng.integers(3, 5)))
     length = int(draw.rng.integers(3, 7))
@@ -576,6 +599,7 @@ _SAMPLERS = {
     "clean_up": _clean_up,
     "instruction": _instruction,
     "verbal": _verbal,
+    "item_in_container": _item_in_container,
 }
 
 

@@ -36,6 +36,7 @@ from vlaflow.sim.metaworld import track_renderer, untrack_renderer
 from vlaflow.sim.tabletop.annotations import Annotator
 from vlaflow.sim.tabletop.mjcf import CAMERA_NAMES, FINGER_TRAVEL, HOME, MAX_OPENING, TIMESTEP, scene_xml
 from vlaflow.sim.tabletop.scene import Scene, check_split_name
+from vlaflow.sim.tabletop.skills import GraspAssist, check_skills
 from vlaflow.sim.tabletop.state import WorldState
 from vlaflow.sim.tabletop.tasks import FAMILIES, EpisodeSpec, TaskTracker, sample_episode
 
@@ -75,13 +76,14 @@ def _check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
 class TabletopWorld:
     """One scene in MuJoCo: physics stepping, cameras, and the privileged state."""
 
-    def __init__(self, scene: Scene, *, cameras: Sequence[str], resolution: int):
+    def __init__(self, scene: Scene, *, cameras: Sequence[str], resolution: int, skills: str = "physical"):
         mujoco = _mujoco()
         self._mj = mujoco
         self.scene = scene
         self.cameras = _check_cameras(cameras)
         self.resolution = resolution
-        self.model = mujoco.MjModel.from_xml_string(scene_xml(scene))
+        self.skills = check_skills(skills)
+        self.model = mujoco.MjModel.from_xml_string(scene_xml(scene, skills))
         self.data = mujoco.MjData(self.model)
         m = self.model
         self._body = {
@@ -106,6 +108,8 @@ class TabletopWorld:
         self.grip = 0.0
         mujoco.mj_forward(m, self.data)
         self.settle()
+        names = [o.name for o in scene.objects]
+        self.assist = GraspAssist(mujoco, m, self.data, names) if self.skills == "assisted" else None
         self.annotator = Annotator(m, self.data, scene, resolution)
         self._renderer = self._make_renderer() if self.cameras else None
 
@@ -133,6 +137,8 @@ class TabletopWorld:
         goal_yaw = float(np.clip(start_yaw + action[3], -math.pi, math.pi))
         self.grip = float(action[4])
         d.ctrl[:] = self.grip * FINGER_TRAVEL
+        if self.assist is not None:
+            self.assist.update(self.grip, self._opening())
         for k in range(1, SUBSTEPS + 1):
             a = k / SUBSTEPS
             d.mocap_pos[self._mocap] = (1 - a) * start + a * goal
@@ -146,7 +152,6 @@ class TabletopWorld:
         hand = self._body["hand"]
         quat = d.xquat[hand]
         yaw = math.atan2(2 * (quat[0] * quat[3] + quat[1] * quat[2]), 1 - 2 * (quat[2] ** 2 + quat[3] ** 2))
-        opening = MAX_OPENING - d.qpos[self._qadr["finger_l"]] - d.qpos[self._qadr["finger_r"]]
         touching: dict[str, set[int]] = {}
         for g1, g2 in d.contact.geom[: d.ncon].tolist():
             for g, other in ((g1, g2), (g2, g1)):
@@ -158,7 +163,7 @@ class TabletopWorld:
         return WorldState(
             tcp=d.xpos[hand].copy(),
             yaw=yaw,
-            opening=float(opening),
+            opening=self._opening(),
             target=self.target.copy(),
             target_yaw=self.target_yaw,
             positions={n: d.xpos[self._body[n]].copy() for n in names},
@@ -166,8 +171,17 @@ class TabletopWorld:
             drawer=float(d.qpos[self._qadr["drawer_slide"]]),
             lid=float(d.qpos[self._qadr["box_hinge"]]),
             handle=d.geom_xpos[self._handle_geom].copy(),
-            grasped=frozenset(o for o, f in touching.items() if len(f) == 2),
+            grasped=frozenset(o for o, f in touching.items() if len(f) == 2) | self._attached_object(),
         )
+
+    def _opening(self) -> float:
+        """Distance between the finger pads (metres)."""
+        qpos = self.data.qpos
+        return float(MAX_OPENING - qpos[self._qadr["finger_l"]] - qpos[self._qadr["finger_r"]])
+
+    def _attached_object(self) -> frozenset[str]:
+        held = self.assist.held if self.assist is not None else None
+        return frozenset((held,)) if held in self._body and held.startswith("obj") else frozenset()
 
     def set_object_pose(self, name: str, pos: Sequence[float], yaw: float) -> None:
         """Teleport an object (its free joint) to `pos` with `yaw`, at rest."""
@@ -252,6 +266,7 @@ class TabletopEnv:
         split: str = "train",
         cameras: Sequence[str] = ("scene", "wrist"),
         resolution: int = 224,
+        skills: str = "physical",
     ) -> None:
         if family is not None and family not in FAMILIES:
             raise ValueError(f"family must be None or one of {FAMILIES}, got {family!r}")
@@ -262,6 +277,7 @@ class TabletopEnv:
         self.split = split
         self.cameras = _check_cameras(cameras)
         self.resolution = resolution
+        self.skills = check_skills(skills)
         self.render_images = True  # False: observations carry no images (policies that read `world`)
         self.world: TabletopWorld | None = None
         self.spec: EpisodeSpec | None = None
@@ -278,7 +294,9 @@ class TabletopEnv:
         if self.world is not None:
             self.world.close()
         self.spec = spec
-        self.world = TabletopWorld(spec.scene, cameras=self.cameras, resolution=self.resolution)
+        self.world = TabletopWorld(
+            spec.scene, cameras=self.cameras, resolution=self.resolution, skills=self.skills
+        )
         self._last = self.world.state()
         self.tracker = TaskTracker(spec, self._last)
         self._steps = 0
