@@ -7,6 +7,7 @@ import torch
 
 from helpers import make_observation, randomize_, relative_error
 from vlaflow import VLA, preset
+from vlaflow.models.targets import Targets
 from vlaflow.models.gemma import AdaRMSNorm, _rms_normalize
 
 
@@ -180,3 +181,29 @@ def test_bad_actions_and_noise_fail_clearly():
         model.sample_actions(obs, noise=torch.zeros(2, 3, 32))
     with pytest.raises(ValueError, match="num_steps"):
         model.sample_actions(obs, num_steps=0)
+
+
+@pytest.mark.parametrize("name", ["pi05_tiny", "pi0_tiny"])
+def test_several_flow_draws_in_one_pass_equal_separate_passes(name):
+    """K (noise, time) draws per sample in one pass (the prefix once, K independent suffixes) give
+    exactly the mean of K single-draw passes, with text and FAST targets in the same pass."""
+    model = VLA(preset(name, action_horizon=4))
+    randomize_(model)
+    obs = make_observation(model.config, batch=2)
+    g = torch.Generator().manual_seed(1)
+    actions = torch.randn(2, 4, model.config.action_dim, generator=g)
+    noise = torch.randn(2, 3, 4, model.config.action_dim, generator=g)
+    time = torch.rand(2, 3, generator=g)
+    text = torch.randint(0, 100, (2, 5), generator=g)
+    targets = Targets(
+        text,
+        torch.ones_like(text, dtype=torch.bool),
+        torch.ones_like(text, dtype=torch.bool),
+        actions=actions,
+    )
+    together = model.compute_losses(obs, targets, noise=noise, time=time)
+    separate = [model.compute_losses(obs, targets, noise=noise[:, k], time=time[:, k]) for k in range(3)]
+    expected = torch.stack([s.flow for s in separate]).mean(0)
+    assert together.flow.shape == (2, 4, model.config.action_dim)
+    assert relative_error(together.flow, expected) < 1e-5
+    torch.testing.assert_close(together.text, separate[0].text)  # the VLM does not see the suffixes

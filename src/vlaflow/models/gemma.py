@@ -58,8 +58,9 @@ class AdaRMSNorm(nn.Module):
         return self.modulated(x, self.modulate(cond))
 
     def modulated(self, x: Tensor, modulation: Tensor) -> tuple[Tensor, Tensor]:
-        """The norm with a precomputed `modulate(cond)`: (normalized x, residual gate)."""
-        scale, shift, gate = modulation[:, None, :].chunk(3, dim=-1)
+        """The norm with a precomputed `modulate(cond)`: (normalized x, residual gate). A condition
+        (B, cond_dim) holds for every token; (B, L, cond_dim) gives each token its own."""
+        scale, shift, gate = (modulation[:, None, :] if modulation.ndim == 2 else modulation).chunk(3, dim=-1)
         out = _rms_normalize(x, self.eps) * (1.0 + scale.float()) + shift.float()
         return out.to(x.dtype), gate.to(x.dtype)
 

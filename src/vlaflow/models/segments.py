@@ -15,6 +15,10 @@ read key j iff `c[j] <= c[i]` and both are real tokens. Positions are `cumsum(va
 that a token skips the tokens it may never read, so an action token has the same RoPE position
 whether or not FAST tokens were placed before it (training with FAST, inference without).
 
+Expert segments may carry a *group* (1, 2, ...): tokens of different groups never read each other
+and each group takes the positions it would have alone, so one prefix can condition several
+independent suffixes in one pass (several flow-matching draws per training sample).
+
 The full pi0.5 layout (../shared/spec/pi05-recipe.md) is then just a segment list:
 
     [IMAGE]* [PROMPT (+ discretized state)] [TEXT_TARGET (subtask)] [FAST] [ACTION]
@@ -72,10 +76,12 @@ HIDDEN = {Kind.STATE: (Kind.FAST,), Kind.ACTION: (Kind.FAST,)}
 
 @dataclass(frozen=True)
 class Segment:
-    """`length` tokens of one kind; `valid` (B, length) is False on padding."""
+    """`length` tokens of one kind; `valid` (B, length) is False on padding; `group` > 0: one of
+    several independent suffixes (see the module docstring)."""
 
     kind: Kind
     valid: Tensor
+    group: int = 0
 
     @property
     def length(self) -> int:
@@ -144,13 +150,16 @@ def build_layout(segments: list[Segment]) -> Layout:
 
     owner = per_token([s.owner for s in segments])
     allowed &= ~((owner[:, None] == VLM) & (owner[None, :] == EXPERT))
-    hidden_before = torch.zeros_like(valid, dtype=torch.int64)
+    never = torch.zeros_like(allowed)  # query i may never read key j, wherever j stands
     for query_kind, key_kinds in HIDDEN.items():
-        q = is_kind(query_kind)
         for key_kind in key_kinds:
-            k = is_kind(key_kind)
-            allowed &= ~(q[:, None] & k[None, :])
-            hidden_before += q * torch.cumsum(valid & k, dim=1)
+            never |= is_kind(query_kind)[:, None] & is_kind(key_kind)[None, :]
+    group = per_token([s.group for s in segments])
+    never |= (group[:, None] != group[None, :]) & (group[:, None] > 0) & (group[None, :] > 0)
+    allowed &= ~never
+    # Positions skip the earlier tokens a token may never read.
+    earlier = torch.ones_like(allowed).tril(-1)
+    hidden_before = (valid[:, None, :] & (never & earlier)[None]).sum(-1)
 
     mask = allowed[None] & valid[:, None, :] & valid[:, :, None]
     # A padding query reads nothing; let it read everything instead (as the reference's additive

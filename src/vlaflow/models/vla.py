@@ -212,12 +212,20 @@ class VLA(nn.Module):
         angle = (1.0 / period * 2 * math.pi)[None, :] * time[:, None].double()
         return torch.cat([angle.sin(), angle.cos()], dim=1).to(time.dtype)
 
-    def suffix_segments(self, batch: int, device: torch.device) -> list[Segment]:
+    def suffix_segments(self, batch: int, device: torch.device, copies: int = 1) -> list[Segment]:
+        """The expert's tokens: `[ACTION]` (pi0.5) or `[STATE] [ACTION]` (pi0); `copies` > 1 repeats
+        them as independent groups (one per flow-matching draw)."""
+
         def real(n: int) -> Tensor:
             return torch.ones(batch, n, dtype=torch.bool, device=device)
 
-        actions = Segment(Kind.ACTION, real(self.config.action_horizon))
-        return [actions] if self.config.pi05 else [Segment(Kind.STATE, real(1)), actions]
+        segments = []
+        for g in range(1, copies + 1):
+            group = g if copies > 1 else 0
+            if not self.config.pi05:
+                segments.append(Segment(Kind.STATE, real(1), group))
+            segments.append(Segment(Kind.ACTION, real(self.config.action_horizon), group))
+        return segments
 
     def time_features(self, time: Tensor) -> Tensor:
         """What time (B,) contributes to the suffix, in the flow heads' dtype: the adaRMS
@@ -299,6 +307,11 @@ class VLA(nn.Module):
         one pass over `[images, prompt] [text target] [FAST] [state] [noisy actions]` (the segments
         a sample lacks are left out; `targets.actions` None: no flow term).
 
+        `noise` (B, K, H, D) and `time` (B, K) give K flow-matching draws per sample: the prefix runs
+        once, the expert's tokens K times as independent groups, and the flow loss is their mean
+        (more supervision of the flow per step for little compute: the expert is the small part).
+        (B, H, D) and (B,) are one draw, the reference's.
+
         Token i of a target is predicted from the hidden state of the real token before it (the last
         prompt token for the first target), so padding anywhere in the sequence is harmless. The
         expert sees the prefix and the text target but never the FAST tokens (`segments.HIDDEN`).
@@ -320,12 +333,26 @@ class VLA(nn.Module):
             actions = targets.actions.float()
             noise = torch.randn_like(actions) if noise is None else noise.float()
             time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
+            copies = noise.shape[1] if noise.ndim == 4 else 1
+            b, h, d = actions.shape
+            noise, time = noise.reshape(b * copies, h, d), time.reshape(b * copies)
+            actions = actions.repeat_interleave(copies, dim=0)
             t = time[:, None, None]
             suffix, cond = self.embed_suffix(
-                obs.state, t * noise + (1 - t) * actions, self.time_features(time)
+                obs.state.repeat_interleave(copies, dim=0),
+                t * noise + (1 - t) * actions,
+                self.time_features(time),
             )
-            segments += self.suffix_segments(obs.batch_size, suffix.device)
-            flow_target = noise - actions
+            if copies > 1:  # the draws of a sample side by side, each token with its own time condition
+                suffix = suffix.reshape(b, -1, suffix.shape[-1])
+                if cond is not None:
+                    cond = (
+                        cond.reshape(b, copies, 1, -1)
+                        .expand(-1, -1, self.config.suffix_len, -1)
+                        .reshape(b, -1, cond.shape[-1])
+                    )
+            segments += self.suffix_segments(obs.batch_size, suffix.device, copies)
+            flow_target = (noise - actions).reshape(b, copies, h, d)
         layout = build_layout(segments)
         wants_text = targets.text_tokens is not None or targets.fast_tokens is not None
         vlm_out, expert_out = self.transformer(
@@ -348,7 +375,10 @@ class VLA(nn.Module):
             text_ce = ce[:, :split] if targets.text_tokens is not None else None
             fast_ce = ce[:, split:] if targets.fast_tokens is not None else None
         if suffix is not None:
-            flow = F.mse_loss(self.predict_velocity(expert_out), flow_target, reduction="none")
+            b, copies = flow_target.shape[:2]
+            per_copy = expert_out.reshape(b * copies, -1, expert_out.shape[-1])
+            velocity = self.predict_velocity(per_copy).reshape(flow_target.shape)
+            flow = F.mse_loss(velocity, flow_target, reduction="none").mean(dim=1)
         return Losses(text=text_ce, fast=fast_ce, flow=flow)
 
     def _next_token_ce(self, hidden: Tensor, valid: Tensor, target_ids: Tensor, counted: Tensor) -> Tensor:

@@ -96,6 +96,9 @@ class TrainConfig:
     flow_weight: float = _setting(
         1.0, "alpha: weight of the flow term next to the text and FAST cross-entropies"
     )
+    flow_draws: int = _setting(
+        1, "flow-matching (noise, time) draws per sample: the prefix runs once, the expert once per draw"
+    )
     fast_tokenizer: str | None = _setting(
         None, "FAST tokenizer directory (default: fitted on the training data)"
     )
@@ -138,6 +141,7 @@ class TrainConfig:
             "val_every",
             "val_samples",
             "max_text_tokens",
+            "flow_draws",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -94,15 +94,20 @@ def train(
         shut_down(runtime)
 
 
-def flow_inputs(ids: Tensor, horizon: int, dim: int, seed: int) -> tuple[Tensor, Tensor]:
+def flow_inputs(ids: Tensor, horizon: int, dim: int, seed: int, draws: int = 1) -> tuple[Tensor, Tensor]:
     """Per-sample flow noise (B, H, D) and time t ~ Beta(1.5, 1) * 0.999 + 0.001 (B,), from the
-    sample's global number: the same sample gets the same draw in any process, at any resume."""
+    sample's global number: the same sample gets the same draw in any process, at any resume.
+    `draws` > 1: (B, K, H, D) and (B, K), the first of them the single draw's."""
     noise, times = [], []
     for n in ids.tolist():
         rng = np.random.default_rng([seed, n, 2])
-        noise.append(rng.standard_normal((horizon, dim), dtype=np.float32))
-        times.append(rng.beta(1.5, 1.0) * 0.999 + 0.001)
-    return torch.from_numpy(np.stack(noise)), torch.tensor(times, dtype=torch.float32)
+        for _ in range(draws):
+            noise.append(rng.standard_normal((horizon, dim), dtype=np.float32))
+            times.append(rng.beta(1.5, 1.0) * 0.999 + 0.001)
+    noise_t, time_t = torch.from_numpy(np.stack(noise)), torch.tensor(times, dtype=torch.float32)
+    if draws == 1:
+        return noise_t, time_t
+    return noise_t.reshape(len(ids), draws, horizon, dim), time_t.reshape(len(ids), draws)
 
 
 def _tokenizer(config: TrainConfig, model: VLAConfig, pretrained_tokenizer: Tokenizer | None) -> Tokenizer:
@@ -338,7 +343,7 @@ class Trainer:
         targets = batch_targets(
             batch, flow=m.expert is not None, reference_reduction=c.loss_reduction == "reference"
         )
-        noise, t = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed)
+        noise, t = flow_inputs(batch.ids, m.action_horizon, m.action_dim, c.seed, c.flow_draws)
         obs = batch.observation.without_prompt_padding()  # same losses, 14% faster tabletop steps
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
             losses = module(obs, targets, noise.to(device), t.to(device))
