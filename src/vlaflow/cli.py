@@ -258,7 +258,10 @@ def _eval_tabletop(args: argparse.Namespace) -> int:
         skills=args.skills,
     )
     settings = results["settings"]
-    print(f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}")
+    print(
+        f"rendered at {settings['resolution']} px, cameras {', '.join(settings['cameras'])}, "
+        f"{settings['skills']} skills"
+    )
     print(
         f"{'':>20}  {'progress':>17}  {'success':>17}  {'language following':>18}  {'subtask accuracy':>17}"
         f"  {'wrong target':>17}"
@@ -457,13 +460,14 @@ def _add_mode_options(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def _add_skills_option(parser: argparse.ArgumentParser) -> None:
+def _add_skills_option(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument(
         "--skills",
         choices=["physical", "assisted"],
-        default="physical",
+        default=default,
         help="tabletop: friction grasps (physical, the hard benchmark) or forgiving grasps of objects and "
-        "handles (assisted: learnable in CPU-minutes); see docs/benchmarks/tabletop.md",
+        "handles (assisted: learnable in CPU-minutes); see docs/benchmarks/tabletop.md"
+        + ("" if default else " (default: the checkpoint's training data's, else physical)"),
     )
 
 
@@ -611,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tabletop: the executed motion drifts by about this much (metres per step) while the expert's "
         "corrections are recorded (noise injection: demonstrations that show how to recover)",
     )
-    _add_skills_option(generate)
+    _add_skills_option(generate, "physical")
     generate.set_defaults(run=_generate)
 
     evaluate = _command(commands, "eval", "success rates of a policy in simulation, with a chart and videos")
@@ -649,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="tabletop, a checkpoint: also ask the questions of N held-out web images of the split",
     )
-    _add_skills_option(evaluate)
+    _add_skills_option(evaluate, None)
     evaluate.set_defaults(run=_eval)
 
     demo = _command(

@@ -7,8 +7,8 @@ import torch
 
 from helpers import make_observation, randomize_, relative_error
 from vlaflow import VLA, preset
-from vlaflow.models.targets import Targets
 from vlaflow.models.gemma import AdaRMSNorm, _rms_normalize
+from vlaflow.models.targets import Targets
 
 
 @pytest.fixture(params=["pi0_tiny", "pi05_tiny"])

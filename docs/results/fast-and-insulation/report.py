@@ -5,9 +5,10 @@
 Reads `calib.json` (`python -m vlaflow.bench.train --dataset ... --json calib.json`),
 `runs/s{seed}/{run}/metrics.jsonl`, `eval/s{seed}/{run}_{step}/results.json` and `latency.json`
 (latency.py) under --root, plus, with `--merge study.json`, the evaluations and training figures of
-an earlier report for the seeds --root does not hold (runs measured on another machine); writes `study.json`, `budget.png` (success
-against the share of the training budget spent), `final.png` (success at the full budget, seeds
-pooled) and `losses.png`, and prints the markdown tables of the results page.
+an earlier report for the seeds --root does not hold (runs measured on another machine); writes
+`study.json`, `budget.png` (success against the share of the training budget spent), `final.png`
+(success at the full budget, seeds pooled) and `losses.png`, and prints the markdown tables of the results
+page.
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ def main() -> None:
         for run in RUNS
         if (m := metrics(args.root, seed, run))
     }
-    train |= {key: value for key, value in earlier["training"].items() if int(key.split("/")[0][1:]) not in seeds}
+    train |= {
+        key: value for key, value in earlier["training"].items() if int(key.split("/")[0][1:]) not in seeds
+    }
     study = {
         "calibration": calib,
         "evaluations": rows,

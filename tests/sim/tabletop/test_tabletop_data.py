@@ -13,7 +13,7 @@ pytest.importorskip("mujoco")
 from vlaflow.cli import main
 from vlaflow.data.lerobot import LeRobotDataset, validate_dataset
 from vlaflow.data.pipeline import SourceConfig
-from vlaflow.sim.tabletop.evaluate import evaluate_tabletop
+from vlaflow.sim.tabletop.evaluate import evaluate_tabletop, training_skills
 from vlaflow.sim.tabletop.generate import EPISODES_META, generate_tabletop
 from vlaflow.sim.tabletop.web import WEB_KINDS
 from vlaflow.tokenizers.boxes import parse_boxes
@@ -127,3 +127,23 @@ def test_trained_checkpoint_runs_through_the_harness(dataset, tmp_path):
     )  # fmt: skip
     assert results["overall"]["episodes"] == 1 and results["settings"]["denoising_steps"] == 1
     assert len(list((tmp_path / "eval" / "videos").glob("instruction_seed1000000_*.mp4"))) == 1
+    assert results["settings"]["skills"] == "physical"  # the mode its data was made in
+
+
+def test_a_checkpoint_is_evaluated_in_the_skills_mode_of_its_data(tmp_path):
+    data = tmp_path / "assisted"
+    generate_tabletop(
+        data, episodes=1, families=("instruction",), verbal_sessions=0, web_images=0, resolution=RES,
+        workers=1, skills="assisted", progress=False,
+    )  # fmt: skip
+    config = apply_overrides(named_config("pi05_tabletop_tiny_flow"), ["steps=1", "batch_size=2"])
+    config.datasets = [SourceConfig(str(data))]
+    checkpoint = str(train(config, tmp_path / "run", progress=False).checkpoint)
+    assert training_skills(checkpoint) == "assisted" and training_skills("expert") == "physical"
+    common = {"families": ("instruction",), "episodes": 1, "workers": 1, "videos": 0, "num_steps": 1}
+    results = evaluate_tabletop(tmp_path / "eval", policy=checkpoint, progress=False, **common)
+    assert results["settings"]["skills"] == "assisted" and results["settings"]["resolution"] == RES
+    results = evaluate_tabletop(
+        tmp_path / "eval2", policy=checkpoint, skills="physical", progress=False, **common
+    )
+    assert results["settings"]["skills"] == "physical"

@@ -34,7 +34,7 @@ from vlaflow.sim.evaluate import (
 )
 from vlaflow.sim.generate import camera_feature
 from vlaflow.sim.tabletop.expert import ExpertPolicy
-from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS
+from vlaflow.sim.tabletop.generate import DEFAULT_CAMERAS, EPISODES_META
 from vlaflow.sim.tabletop.rollout import Episode, Policy, rollout_many
 from vlaflow.sim.tabletop.scene import check_split_name
 from vlaflow.sim.tabletop.skills import check_skills
@@ -153,6 +153,23 @@ def summarize(records: Sequence[dict[str, Any]], families: Sequence[str]) -> dic
     if commands:
         out["commands"] = {c: score([r for r in records if r.get("command") == c]) for c in commands}
     return out
+
+
+def training_skills(policy: Any) -> str:
+    """The skills mode (`vlaflow.sim.tabletop.skills`) of a checkpoint's tabletop training data, read
+    from the datasets its training config names where they can still be found; "physical" otherwise
+    (the expert, factories, servers, data that is gone)."""
+    if not isinstance(policy, str) or policy == "expert" or not (Path(policy) / "config.json").is_file():
+        return "physical"
+    config = json.loads((Path(policy) / "config.json").read_text())
+    for source in config.get("metadata", {}).get("train_config", {}).get("datasets", []):
+        meta = Path(source.get("path", "")) / EPISODES_META
+        if meta.is_file():
+            with open(meta) as f:
+                first = f.readline()
+            if first.strip():
+                return json.loads(first).get("skills", "physical")
+    return "physical"
 
 
 def command_kind(spec: EpisodeSpec) -> str | None:
@@ -286,7 +303,7 @@ def evaluate_tabletop(
     mode: str = "implicit",
     subtask_every: int = 1,
     web_images: int = 0,
-    skills: str = "physical",
+    skills: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `policy` on `episodes` episodes per family of `split`; write ``results.json``,
@@ -303,10 +320,11 @@ def evaluate_tabletop(
     policy server's, `ServerPolicyFactory`, runs in the server's mode: `mode` must be that or
     implicit, the default). A
     checkpoint is rendered at its training resolution with its training cameras unless `resolution`
-    / `cameras` say otherwise (otherwise: 224 px, the default cameras).
+    / `cameras` say otherwise (otherwise: 224 px, the default cameras), and with the skills of its
+    training data unless `skills` says otherwise (`training_skills`).
     """
     check_split_name(split)
-    check_skills(skills)
+    skills = check_skills(skills or training_skills(policy))
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {list(families)}")
