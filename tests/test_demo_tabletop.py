@@ -42,11 +42,14 @@ def test_tabletop_demo_runs_end_to_end_and_a_rerun_continues(tmp_path, capsys):
         assert len(list((tmp_path / "eval" / split / "videos").glob("instruction_*.mp4"))) == 1
     settings = json.loads((tmp_path / "eval" / "ood" / "results.json").read_text())["settings"]
     assert settings["mode"] == "hierarchical" and settings["split"] == "ood"
+    assert settings["skills"] == "assisted"  # the demo's default, also what its data was generated with
+    episodes_meta = (tmp_path / "data" / "meta" / "tabletop_episodes.jsonl").read_text().splitlines()
+    assert {json.loads(line)["skills"] for line in episodes_meta} == {"assisted"}
 
     data_files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file())
     assert main(["demo", "tabletop", "--output", str(tmp_path), "--families", "instruction", "--episodes",
                  "2", "--resolution", "56", "--steps", "2", "--batch-size", "4", "--eval-episodes", "1",
-                 "--workers", "1"]) == 0  # fmt: skip
+                 "--workers", "1", "--skills", "assisted"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "ood: progress" in out and "subtask accuracy" in out and "videos" in out
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()) == data_files
@@ -56,8 +59,9 @@ def test_tabletop_demo_runs_end_to_end_and_a_rerun_continues(tmp_path, capsys):
 def test_demo_refuses_options_of_the_other_simulator(tmp_path, capsys):
     assert main(["demo", "tabletop", "--output", str(tmp_path), "--tasks", "reach-v3"]) == 2
     assert main(["demo", "--output", str(tmp_path), "--families", "instruction"]) == 2
+    assert main(["demo", "--output", str(tmp_path), "--skills", "assisted"]) == 2
     assert main(["demo", "tabletop", "--output", str(tmp_path), "--families", "verbal"]) == 2
     err = capsys.readouterr().err
     assert "--tasks: Meta-World options" in err and "--families: tabletop options" in err
-    assert "--families ['verbal']" in err
+    assert "--families ['verbal']" in err and "--skills: tabletop options" in err
     assert not any(tmp_path.iterdir())  # nothing generated or trained

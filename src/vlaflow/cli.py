@@ -346,7 +346,7 @@ _DEMO_OPTIONS = (
     "eval_episodes_per_task",
     "workers",
 )
-_TABLETOP_DEMO_OPTIONS = ("families", "episodes", "eval_episodes")
+_TABLETOP_DEMO_OPTIONS = ("families", "episodes", "eval_episodes", "skills")
 
 
 def _demo_tabletop(args: argparse.Namespace) -> int:
@@ -360,7 +360,7 @@ def _demo_tabletop(args: argparse.Namespace) -> int:
     options = {
         "episodes": args.episodes,
         "eval_episodes": args.eval_episodes,
-        **{k: getattr(args, k) for k in ("resolution", "steps", "batch_size", "workers")},
+        **{k: getattr(args, k) for k in ("resolution", "steps", "batch_size", "workers", "skills")},
     }
     if args.families:
         families = tuple(args.families.split(","))
@@ -460,14 +460,13 @@ def _add_mode_options(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def _add_skills_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+def _add_skills_option(parser: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
     parser.add_argument(
         "--skills",
         choices=["physical", "assisted"],
         default=default,
         help="tabletop: friction grasps (physical, the hard benchmark) or forgiving grasps of objects and "
-        "handles (assisted: learnable in CPU-minutes); see docs/benchmarks/tabletop.md"
-        + ("" if default else " (default: the checkpoint's training data's, else physical)"),
+        f"handles (assisted: learnable in CPU-minutes; docs/benchmarks/tabletop.md); default: {default_help}",
     )
 
 
@@ -615,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tabletop: the executed motion drifts by about this much (metres per step) while the expert's "
         "corrections are recorded (noise injection: demonstrations that show how to recover)",
     )
-    _add_skills_option(generate, "physical")
+    _add_skills_option(generate, "physical", "physical")
     generate.set_defaults(run=_generate)
 
     evaluate = _command(commands, "eval", "success rates of a policy in simulation, with a chart and videos")
@@ -653,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="tabletop, a checkpoint: also ask the questions of N held-out web images of the split",
     )
-    _add_skills_option(evaluate, None)
+    _add_skills_option(evaluate, None, "the checkpoint's training data's, else physical")
     evaluate.set_defaults(run=_eval)
 
     demo = _command(
@@ -673,18 +672,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes-per-task", type=int, help="Meta-World: demonstrations per task (default: 20)"
     )
     demo.add_argument("--families", help="tabletop: task families, comma-separated (default: two)")
-    demo.add_argument("--episodes", type=int, help="tabletop: task episodes (default: 60)")
+    demo.add_argument("--episodes", type=int, help="tabletop: task episodes (default: 200)")
     demo.add_argument(
         "--resolution", type=int, help="camera resolution of data and evaluation (default: 112)"
     )
     demo.add_argument("--steps", type=int, help="training steps (default: 1500; tabletop 1200)")
-    demo.add_argument("--batch-size", type=int, help="training batch size (default: 32; tabletop 16)")
+    demo.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
     demo.add_argument(
         "--eval-episodes-per-task", type=int, help="Meta-World: evaluation episodes per task (default: 10)"
     )
     demo.add_argument(
-        "--eval-episodes", type=int, help="tabletop: evaluation episodes per family and split (default: 4)"
+        "--eval-episodes", type=int, help="tabletop: evaluation episodes per family and split (default: 20)"
     )
+    _add_skills_option(demo, None, "assisted")
     demo.add_argument("--workers", type=int, help="simulator processes (default: all CPUs)")
     demo.set_defaults(run=_demo)
 

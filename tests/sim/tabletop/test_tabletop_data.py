@@ -138,6 +138,7 @@ def test_a_checkpoint_is_evaluated_in_the_skills_mode_of_its_data(tmp_path):
     )  # fmt: skip
     config = apply_overrides(named_config("pi05_tabletop_tiny_flow"), ["steps=1", "batch_size=2"])
     config.datasets = [SourceConfig(str(data))]
+    assert config.flow_draws == 4  # the CPU presets' recipe, trained through here
     checkpoint = str(train(config, tmp_path / "run", progress=False).checkpoint)
     assert training_skills(checkpoint) == "assisted" and training_skills("expert") == "physical"
     common = {"families": ("instruction",), "episodes": 1, "workers": 1, "videos": 0, "num_steps": 1}
