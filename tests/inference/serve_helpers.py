@@ -61,13 +61,18 @@ class StubModel:
     def __init__(self):
         self.batches: list[int] = []
         self.fail_next = False
+        self.nan_next = False
 
     def __call__(self, observations: list[dict]) -> np.ndarray:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("out of memory")
         self.batches.append(len(observations))
-        return np.zeros((len(observations), TINY_HORIZON, TINY_ACTION_DIM), np.float32)
+        actions = np.zeros((len(observations), TINY_HORIZON, TINY_ACTION_DIM), np.float32)
+        if self.nan_next:
+            self.nan_next = False
+            actions[:, 1, 0] = np.nan
+        return actions
 
 
 def stub_server(**config) -> tuple[PolicyServer, StubModel]:

@@ -5,8 +5,18 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vlaflow.inference.protocol import ARRAY_TAG, SCALAR_TAG, DecodeError, pack, unpack
+from vlaflow.inference.protocol import (
+    ARRAY_TAG,
+    MAX_DEPTH,
+    SCALAR_TAG,
+    DecodeError,
+    check_structure,
+    pack,
+    unpack,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +95,56 @@ def _array_map(**fields):
 def test_invalid_frames_raise_decode_errors(frame, match):
     with pytest.raises(DecodeError, match=match):
         unpack(frame)
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=70_000).filter(lambda t: len(t) < 40 or len(t) > 260)  # fixstr, str16
+    | st.text(min_size=40, max_size=260)  # str8, str16
+    | st.binary(max_size=300)
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=20),
+    max_leaves=60,
+)
+
+
+def _objects(value) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_objects(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(1 + _objects(v) for v in value.values())
+    return 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(_VALUES)
+def test_the_structure_check_counts_exactly_the_objects_the_decoder_builds(value):
+    """Every msgpack type header is read right: a valid frame passes at its exact object count and
+    fails one below it, and decodes to what was packed."""
+    frame = msgpack.packb(value)
+    check_structure(frame, max_objects=_objects(value))
+    with pytest.raises(DecodeError, match="more than"):
+        check_structure(frame, max_objects=_objects(value) - 1)
+    assert unpack(frame) == value
+
+
+def test_frames_of_too_many_objects_or_too_deep_are_refused_from_their_headers():
+    many = 200_000
+    for empty in (b"\x90", b"\x80", b"\xc0"):  # empty arrays, empty maps, nils
+        with pytest.raises(DecodeError, match="more than 100000 objects"):
+            unpack(b"\xdd" + many.to_bytes(4, "big") + empty * many)
+    with pytest.raises(DecodeError, match=f"nesting deeper than {MAX_DEPTH} levels"):
+        unpack(b"\x91" * 100_000 + b"\xc0")
+    with pytest.raises(DecodeError, match=f"nesting deeper than {MAX_DEPTH} levels"):
+        unpack(b"\x81\xa1a" * (MAX_DEPTH + 1) + b"\xc0")
+    nested = None
+    for _ in range(MAX_DEPTH):
+        nested = [nested]
+    assert unpack(pack(nested)) == nested  # as deep as allowed
+    image = {"image": np.zeros((480, 640, 3), np.uint8), "state": np.zeros(8), "prompt": "pick"}
+    assert unpack(pack(image))["image"].shape == (480, 640, 3)

@@ -184,6 +184,12 @@ def _bad_requests() -> list[tuple[object, str]]:
         (bytes(STUB_MAX_FRAME + 1), "frame"),
         ({**good, state: nan_state}, state),
         ({**good, state: np.full(TINY_STATE_DIM, np.inf)}, state),
+        ({**good, state: np.full(TINY_STATE_DIM, 1e39)}, state),  # finite float64, inf as float32
+        ({**good, state: [1e39] * TINY_STATE_DIM}, state),
+        ({**good, image: np.zeros((1, 200, 3), np.uint8)}, image),  # 1 x 200: nothing left once resized
+        ({**good, image: np.zeros((90, 10, 3), np.uint8)}, image),
+        (b"\xdd" + (200_000).to_bytes(4, "big") + b"\x90" * 200_000, "frame"),  # 200k empty arrays
+        (b"\xdd" + (200_000).to_bytes(4, "big") + b"\x80" * 200_000, "frame"),  # 200k empty maps
         ({**good, state: good[state][:-1]}, state),
         ({**good, state: good[state][None]}, state),
         ({**good, state: np.array(["a"] * TINY_STATE_DIM)}, state),
@@ -233,6 +239,30 @@ def test_an_inference_failure_is_an_error_reply_too():
         model.fail_next = True
         error = infer(connection, observation())["error"]
         assert error["field"] is None and "out of memory" in error["message"]
+        assert "actions" in infer(connection, observation())
+        model.nan_next = True  # non-finite actions are never sent as a success
+        error = infer(connection, observation())["error"]
+        assert error["field"] is None and "non-finite actions" in error["message"]
+        assert np.isfinite(infer(connection, observation())["actions"]).all()
+
+
+def _reply(connection, frame: bytes) -> dict:
+    connection.send(frame)
+    return unpack(connection.recv())
+
+
+def test_a_decoding_bomb_is_refused_quickly_by_its_structure():
+    """Millions of empty containers in one frame, inside the size limit: refused from the type
+    headers, before anything is built (the decoder would take seconds and gigabytes)."""
+    count = 4 * STUB_MAX_FRAME
+    server, _ = stub_server(max_frame_bytes=count + 8)
+    with server.in_background() as port, connect(f"ws://127.0.0.1:{port}") as connection:
+        connection.recv()
+        for empty in (b"\x90", b"\x80"):
+            error = _reply(connection, b"\xdd" + count.to_bytes(4, "big") + empty * count)["error"]
+            assert error["field"] == "frame" and "more than 100000 objects" in error["message"]
+        error = _reply(connection, b"\x91" * 100_000 + b"\xc0")["error"]
+        assert "nesting deeper than 64 levels" in error["message"]
         assert "actions" in infer(connection, observation())
 
 

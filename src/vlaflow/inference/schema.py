@@ -41,7 +41,9 @@ DEFAULT_STATE_KEY = "observation.state"
 LIBERO_SLOT_KEYS = {"base_0_rgb": "observation/image", "left_wrist_0_rgb": "observation/wrist_image"}
 LIBERO_STATE_KEY = "observation/state"
 LIBERO = "libero"
-IMAGE_EXPECTED = "uint8 array of shape (H, W, 3)"
+MAX_ASPECT = 8
+"""Longest side over shortest side of a camera image (16:9 is 1.8; the model pads to a square)."""
+IMAGE_EXPECTED = f"uint8 array of shape (H, W, 3), H and W >= 1 and at most {MAX_ASPECT}x apart"
 MAX_KEYS_SHOWN = 20
 HINT_KEYS = (PREV_ACTIONS_KEY, DELAY_KEY, SUBTASK_KEY)
 
@@ -91,6 +93,18 @@ def _numbers(value: Any) -> np.ndarray | None:
     except ValueError:  # ragged lists
         return None
     return array if array.dtype.kind in "iuf" else None
+
+
+def _finite_float32(key: str, values: np.ndarray, expected: str) -> np.ndarray:
+    """`values` as float32, checked after the cast: a finite float64 beyond float32's range (about
+    3.4e38) would otherwise become infinity inside the model."""
+    if not np.isfinite(values).all():
+        raise RequestError(key, "contains NaN or infinity", expected)
+    with np.errstate(over="ignore"):
+        cast = values.astype(np.float32)
+    if not np.isfinite(cast).all():
+        raise RequestError(key, "overflows float32 (a magnitude above 3.4e38)", expected)
+    return cast
 
 
 def _describe(value: Any) -> str:
@@ -192,19 +206,19 @@ class ServingSpec:
             ok = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
             if not ok or image.shape[2] != 3 or 0 in image.shape:
                 raise RequestError(key, f"got {_describe(image)}", IMAGE_EXPECTED)
+            height, width = image.shape[:2]
+            if max(height, width) > MAX_ASPECT * min(height, width):
+                raise RequestError(key, f"got an image of {height} x {width} pixels", IMAGE_EXPECTED)
             images[camera] = image
         key, raw_state = features[self.state_key]
         state = _numbers(raw_state)
         if state is None or state.shape != (self.state_dim,):
             raise RequestError(key, f"got {_describe(raw_state)}", self.expected(self.state_key))
-        if not np.isfinite(state).all():
-            raise RequestError(
-                key, "contains NaN or infinity", f"finite numbers, {self.expected(self.state_key)}"
-            )
+        state = _finite_float32(key, state, f"finite numbers, {self.expected(self.state_key)}")
         key, prompt = features[PROMPT_KEY]
         if not isinstance(prompt, str):
             raise RequestError(key, f"got {_describe(prompt)}", self.expected(PROMPT_KEY))
-        observation = {"images": images, "state": state.astype(np.float32), "prompt": prompt}
+        observation = {"images": images, "state": state, "prompt": prompt}
         return Request(
             observation={**observation, **self._hints(features)},
             signature=tuple((camera, images[camera].shape) for camera in self.cameras),
@@ -221,9 +235,7 @@ class ServingSpec:
             ok = ok and (self.action_dim is None or prev.shape[1] == self.action_dim)
             if not ok:
                 raise RequestError(key, f"got {_describe(raw)}", self.expected(PREV_ACTIONS_KEY))
-            if not np.isfinite(prev).all():
-                raise RequestError(key, "contains NaN or infinity", self.expected(PREV_ACTIONS_KEY))
-            hints[PREV_ACTIONS_KEY] = prev.astype(np.float32)
+            hints[PREV_ACTIONS_KEY] = _finite_float32(key, prev, self.expected(PREV_ACTIONS_KEY))
         if DELAY_KEY in features:
             key, delay = features[DELAY_KEY]
             if PREV_ACTIONS_KEY not in hints:

@@ -300,6 +300,12 @@ class PolicyServer:
             self.stats.errors["inference"] += 1
             failure = RequestError(None, f"inference failed: {type(error).__name__}: {error}")
             return failure.reply(), f"status=error field=None message={failure.message!r}"
+        if not np.isfinite(result.actions).all():  # never sent as a success
+            self.stats.errors["inference"] += 1
+            failure = RequestError(
+                None, "the policy produced non-finite actions (NaN or infinity) from finite inputs"
+            )
+            return failure.reply(), f"status=error field=None message={failure.message!r}"
         self.stats.replies += 1
         queue_ms = (time.perf_counter() - queued) * 1e3 - result.infer_ms
         reply = {
