@@ -481,12 +481,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = {
         k: v
-        for k in ("max_frame_bytes", "batch_window_ms", "max_batch")
+        for k in ("max_frame_bytes", "batch_window_ms", "max_batch", "max_connections")
         if (v := getattr(args, k)) is not None
     }
-    config = ServerConfig(
-        host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None, **limits
-    )
+    if args.idle_timeout is not None:
+        limits["idle_timeout_s"] = args.idle_timeout or None
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    config = ServerConfig(host=args.host, port=args.port, token=token, **limits)
     policy = Policy.load(
         args.checkpoint,
         source=args.source,
@@ -755,6 +756,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-frame-bytes", type=int, help="largest request decoded (default: 16 MiB)")
     serve.add_argument("--batch-window-ms", type=float, help="wait this long to batch clients (default: 10)")
     serve.add_argument("--max-batch", type=int, help="most requests in one model call (default: 8)")
+    serve.add_argument(
+        "--max-connections", type=int, help="clients served at once; more get 503 (default: 32)"
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="close a connection silent this many seconds; 0: never (default: 600)",
+    )
     serve.add_argument(
         "--key-map",
         help='client key -> dataset key: JSON (\'{"observation/image": "observation.images.top"}\'), a .json '

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +63,13 @@ class StubModel:
         self.batches: list[int] = []
         self.fail_next = False
         self.nan_next = False
+        self.gate: threading.Event | None = None  # when set, inference waits for it
+        self.entered = threading.Event()  # inference has started
 
     def __call__(self, observations: list[dict]) -> np.ndarray:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait()
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("out of memory")

@@ -20,25 +20,38 @@ runs on one worker thread, off the event loop, so many clients can be connected 
 that arrive within `batch_window_ms` of each other and have the same cameras at the same sizes
 share one `Policy.infer_batch` call. The wait ends early once every connected client is waiting,
 so a lone client never waits. Optional token (`Authorization: Bearer T`, openpi's
-`Authorization: Api-Key T`, or `?token=T`; otherwise 401), a frame-size limit, and a clean stop on
-SIGTERM / SIGINT (no new connections; running inference finishes; connections close with 1001).
+`Authorization: Api-Key T`, or `?token=T`; otherwise 401; never empty), with failed attempts
+throttled per client address (`AuthGuard`: 429 after `max_auth_failures`, one log line per burst).
 
-Frames above `max_frame_bytes` get an error reply without being decoded; frames above
-`OVERSIZE_FACTOR` times that are refused by the WebSocket layer (close code 1009) before they are
-read, so a client cannot make the server buffer more than that.
+What one client can cost the others is bounded: frames are decoded on their own thread, after their
+msgpack headers were checked (`vlaflow.inference.protocol`: object count and nesting depth); frames
+above `max_frame_bytes` get an error reply without being decoded, frames above `OVERSIZE_FACTOR`
+times that are refused by the WebSocket layer (close code 1009) before they are read, and at most one
+frame is read ahead of the one being answered, so a connection holds at most about three frames; a
+client that does not read its replies for `send_timeout_s` is dropped, one that sends nothing for
+`idle_timeout_s` is closed (1000), connections beyond `max_connections` get 503, openpi's control
+markers are echoed only when short, and a closed connection that sent large frames gives its memory
+back at once. No reply carries a non-finite action.
+
+SIGTERM / SIGINT stop it cleanly: no new connections, new requests get an error reply, replies
+already being computed are delivered (for up to `DRAIN_TIMEOUT_S`), then connections close with
+1001; a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import functools
+import gc
 import hmac
 import http
 import ipaddress
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
@@ -63,26 +76,49 @@ from vlaflow.inference.schema import Request, RequestError, ServingSpec, control
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "VLAFLOW_SERVER_TOKEN"
-OVERSIZE_FACTOR = 4
+OVERSIZE_FACTOR = 2
 HEALTH_PATH = "/healthz"
+MAX_CONTROL_BYTES = 4096  # an openpi `__ctrl__` frame is echoed back: only a short one
+LARGE_FRAME_BYTES = 2**20  # after a connection that sent frames this large closes, memory is returned
+DRAIN_TIMEOUT_S = 2.0  # on stop, how long requests already being answered may take to be delivered
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (see `PolicyServer.port`)
-    token: str | None = None
+    token: str | None = None  # None: no token; never empty
     max_frame_bytes: int = 16 * 2**20
     batch_window_ms: float = 10.0
     max_batch: int = 8
+    max_connections: int = 32
+    idle_timeout_s: float | None = 600.0  # a connection that sends nothing this long is closed
+    send_timeout_s: float = 30.0  # a client that does not read its reply this long is dropped
+    max_auth_failures: int = 10  # per client address within `auth_window_s`; then refused that long
+    auth_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError(
+                f"token: got an empty token, which would turn authentication off; set a non-empty "
+                f"--token / ${TOKEN_ENV}, or leave both unset to serve without one"
+            )
         if self.max_frame_bytes < 1 or self.max_batch < 1 or self.batch_window_ms < 0:
             raise ValueError(
                 f"max_frame_bytes and max_batch must be >= 1 and batch_window_ms >= 0, got "
                 f"{self.max_frame_bytes}, {self.max_batch}, {self.batch_window_ms}"
+            )
+        if self.max_connections < 1 or self.max_auth_failures < 1:
+            raise ValueError(
+                f"max_connections and max_auth_failures must be >= 1, got {self.max_connections}, "
+                f"{self.max_auth_failures}"
+            )
+        if (self.idle_timeout_s is not None and self.idle_timeout_s <= 0) or self.send_timeout_s <= 0:
+            raise ValueError(
+                f"idle_timeout_s (None: never) and send_timeout_s must be > 0, got {self.idle_timeout_s}, "
+                f"{self.send_timeout_s}"
             )
 
 
@@ -94,6 +130,40 @@ class ServerStats:
     errors: Counter[str] = field(default_factory=Counter)  # error replies by field, or "inference"
     batch_sizes: Counter[int] = field(default_factory=Counter)  # batches formed, by size
     open_connections: int = 0
+
+
+class AuthGuard:
+    """Failed token checks per client address. After `max_failures` within `window_s` the address is
+    refused until `window_s` after its last failure, and only the first failure of a burst and the
+    one that blocks are worth a log line: a client guessing tokens can neither hammer the check nor
+    flood the log."""
+
+    MAX_ADDRESSES = 10_000  # forgotten when older than the window, swept when this many are known
+
+    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic):
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, address: str) -> list[float]:
+        cutoff = self.clock() - self.window_s
+        times = [t for t in self._failures.pop(address, ()) if t > cutoff]
+        if times:
+            self._failures[address] = times
+        return times
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds until `address` may try again (0: now)."""
+        times = self._recent(address)
+        return max(0.0, times[-1] + self.window_s - self.clock()) if len(times) >= self.max_failures else 0.0
+
+    def fail(self, address: str) -> int:
+        """Records a failed attempt; returns how many `address` made within the window."""
+        if len(self._failures) >= self.MAX_ADDRESSES:
+            for known in list(self._failures):
+                self._recent(known)
+        times = [*self._recent(address), self.clock()][-self.max_failures :]
+        self._failures[address] = times
+        return len(times)
 
 
 @dataclass(frozen=True)
@@ -197,8 +267,24 @@ class Batcher:
                     w.result.set_exception(outcome)
 
 
+class _DroppedError(Exception):
+    """A connection the server gave up on (the reason is the message)."""
+
+
+def _release_memory() -> None:
+    """Collect cycles now and hand freed heap back to the OS (glibc keeps it otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _peer(connection: ServerConnection) -> str:
     return ":".join(map(str, (connection.remote_address or ("?",))[:2]))
+
+
+def _address(connection: ServerConnection) -> str:
+    """The client's host, without its port (what a throttle counts by)."""
+    return str((connection.remote_address or ("?",))[0])
 
 
 def _is_loopback(host: str) -> bool:
@@ -237,6 +323,9 @@ class PolicyServer:
         }
         self.stats = ServerStats()
         self.port: int | None = None
+        self.auth = AuthGuard(config.max_auth_failures, config.auth_window_s)
+        self._decoder: ThreadPoolExecutor | None = None  # frames are decoded here (see `serve`)
+        self._stopping, self._answering, self._answered = False, 0, asyncio.Event()
 
     # ------------------------------------------------------------------ HTTP: health and auth
 
@@ -252,11 +341,36 @@ class PolicyServer:
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
         if urlsplit(request.path).path == HEALTH_PATH:
             return connection.respond(http.HTTPStatus.OK, "OK\n")
-        if self.config.token and not self._authorized(request):
-            logger.warning("refused peer=%s reason=missing-or-wrong-token", _peer(connection))
+        address, c = _address(connection), self.config
+        wait = self.auth.blocked_for(address)
+        if wait > 0:
+            return connection.respond(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many failed token attempts from {address}: retry in {wait:.0f} s\n",
+            )
+        if c.token and not self._authorized(request):
+            failures = self.auth.fail(address)
+            if failures == 1:
+                logger.warning("refused peer=%s reason=missing-or-wrong-token", _peer(connection))
+            elif failures == c.max_auth_failures:
+                logger.warning(
+                    "refusing %s for %g s: %d failed token attempts within %g s",
+                    address,
+                    c.auth_window_s,
+                    failures,
+                    c.auth_window_s,
+                )
             return connection.respond(
                 http.HTTPStatus.UNAUTHORIZED,
                 "a token is required: send 'Authorization: Bearer TOKEN' or connect to ?token=TOKEN\n",
+            )
+        if self.stats.open_connections >= c.max_connections:
+            logger.warning(
+                "refused peer=%s reason=at-max-connections (%d)", _peer(connection), c.max_connections
+            )
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the server is at its limit of {c.max_connections} connections: retry later\n",
             )
         return None
 
@@ -281,15 +395,23 @@ class PolicyServer:
                     f"frame of {len(message)} bytes is over the limit",
                     f"at most {self.config.max_frame_bytes} bytes (downscale images on the client)",
                 )
-            try:
-                decoded = unpack(message)
+            try:  # off the event loop: a large frame delays only its own client
+                decoded = await asyncio.get_running_loop().run_in_executor(self._decoder, unpack, message)
             except DecodeError as error:
                 raise RequestError("frame", str(error), "a msgpack map (msgpack-numpy arrays)") from error
             if isinstance(decoded, dict) and "__ctrl__" in decoded:  # openpi's episode markers
+                if len(message) > MAX_CONTROL_BYTES:
+                    raise RequestError(
+                        "__ctrl__",
+                        f"a control frame of {len(message)} bytes",
+                        f"a short marker such as 'episode_start' (at most {MAX_CONTROL_BYTES} bytes)",
+                    )
                 await self._forget(session, batcher)
                 return {"__ack__": decoded["__ctrl__"]}, "status=ack"
             request = self.spec.parse(decoded)
             request.observation[SESSION_KEY] = session
+            if self._stopping:
+                raise RequestError(None, "the server is shutting down: no new requests")
         except RequestError as error:
             self.stats.errors[str(error.field)] += 1
             return error.reply(), f"status=error field={error.field} message={error.message!r}"
@@ -319,35 +441,72 @@ class PolicyServer:
             f"status=ok batch={result.batch_size} queue_ms={queue_ms:.1f} infer_ms={result.infer_ms:.1f}",
         )
 
+    async def _send(self, connection: ServerConnection, frame: bytes) -> None:
+        """Sends `frame`; a client that does not read it within `send_timeout_s` is dropped."""
+        try:
+            await asyncio.wait_for(connection.send(frame), self.config.send_timeout_s)
+        except TimeoutError:
+            connection.transport.abort()
+            raise _DroppedError(f"did not read its reply within {self.config.send_timeout_s:g} s") from None
+
     async def _handle(self, connection: ServerConnection, batcher: Batcher) -> None:
-        peer, session = _peer(connection), next(self._sessions)
+        peer, session, c = _peer(connection), next(self._sessions), self.config
         self.stats.open_connections += 1
         logger.info("connected peer=%s session=%d", peer, session)
+        largest, reason = 0, "closed"
         try:
-            await connection.send(pack(self.metadata))
+            await self._send(connection, pack(self.metadata))
             prev_total_ms = None
-            async for message in connection:
-                arrived = time.perf_counter()
-                reply, outcome = await self._answer(message, batcher, session)
-                if "actions" in reply:
-                    reply["server_timing"]["infer_ms"] = (time.perf_counter() - arrived) * 1e3
-                    if prev_total_ms is not None:
-                        reply["server_timing"]["prev_total_ms"] = prev_total_ms
-                await connection.send(pack(reply))
+            while True:
+                try:
+                    message = await asyncio.wait_for(connection.recv(), c.idle_timeout_s)
+                except TimeoutError:
+                    reason = f"idle for {c.idle_timeout_s:g} s"
+                    await connection.close(1000, reason)
+                    break
+                arrived, largest = time.perf_counter(), max(largest, len(message))
+                self._answering += 1
+                try:
+                    reply, outcome = await self._answer(message, batcher, session)
+                    if "actions" in reply:
+                        reply["server_timing"]["infer_ms"] = (time.perf_counter() - arrived) * 1e3
+                        if prev_total_ms is not None:
+                            reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                    await self._send(connection, pack(reply))
+                finally:
+                    self._answering -= 1
+                    self._answered.set()
                 prev_total_ms = (time.perf_counter() - arrived) * 1e3
                 logger.info("request peer=%s %s total_ms=%.1f", peer, outcome, prev_total_ms)
         except ConnectionClosed:
             pass
+        except _DroppedError as dropped:
+            reason = str(dropped)
         finally:
             self.stats.open_connections -= 1
             await self._forget(session, batcher)
-            logger.info("disconnected peer=%s", peer)
+            logger.info("disconnected peer=%s reason=%s", peer, reason)
+            if largest >= LARGE_FRAME_BYTES:  # give its buffers back now, not at the next collection
+                with contextlib.suppress(RuntimeError):
+                    await asyncio.get_running_loop().run_in_executor(self._decoder, _release_memory)
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _drain(self) -> None:
+        """Waits (at most `DRAIN_TIMEOUT_S`) for the requests being answered to be delivered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self._answering and (left := deadline - loop.time()) > 0:
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), left)
+
     async def serve(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
-        """Serves until `stop` is set; then closes every connection and lets running work finish."""
+        """Serves until `stop` is set; then stops accepting connections, answers requests already
+        in progress (new ones get an error reply), closes every connection and returns."""
         c = self.config
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaflow-decode")
+        self._stopping, self._answering, self._answered = False, 0, asyncio.Event()
         batcher = Batcher(
             self.infer_batch,
             window_s=c.batch_window_ms / 1e3,
@@ -363,6 +522,8 @@ class PolicyServer:
                 process_request=self._process_request,
                 compression=None,
                 max_size=c.max_frame_bytes * OVERSIZE_FACTOR,
+                max_queue=1,  # frames read ahead of the one being answered
+                close_timeout=1.0,  # a client that ignores the closing handshake cannot hold up a stop
             )
         except OSError as error:
             raise ValueError(f"cannot listen on {c.host}:{c.port}: {error.strerror or error}") from error
@@ -383,11 +544,22 @@ class PolicyServer:
         )
         if ready is not None:
             ready(self.port)
-        async with server:
+        try:
             await stop.wait()
-            logger.info("stopping: closing %d connections", self.stats.open_connections)
-        batching.cancel()
-        batcher.worker.shutdown(wait=True)
+            self._stopping = True
+            server.server.close()  # no new connections
+            logger.info(
+                "stopping: answering %d requests in progress, then closing %d connections",
+                self._answering,
+                self.stats.open_connections,
+            )
+            await self._drain()
+        finally:
+            server.close()
+            await server.wait_closed()
+            batching.cancel()
+            batcher.worker.shutdown(wait=True, cancel_futures=True)
+            self._decoder.shutdown(wait=True, cancel_futures=True)
         logger.info("stopped after %d replies", self.stats.replies)
 
     def run(self) -> None:
@@ -395,9 +567,18 @@ class PolicyServer:
 
         async def until_signalled() -> None:
             stop = asyncio.Event()
+
+            def on_signal(sig: signal.Signals) -> None:
+                if stop.is_set():
+                    logger.warning("second %s: exiting now", sig.name)
+                    logging.shutdown()
+                    os._exit(128 + sig)
+                logger.info("%s: stopping (send it again to exit at once)", sig.name)
+                stop.set()
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal, sig)
             await self.serve(stop)
 
         asyncio.run(until_signalled())
