@@ -135,12 +135,17 @@ def _fast_fit(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from vlaflow.data.pipeline import SourceConfig
     from vlaflow.training.configs import apply_overrides, describe, named_config
-    from vlaflow.training.trainer import train
+    from vlaflow.training.trainer import saved_train_config, train
 
     config = None
-    if args.config or not args.resume or args.print_config:
+    overrides = list(args.overrides) + ([f"save_every={args.save_every}"] if args.save_every else [])
+    saved = saved_train_config(args.output) if args.resume and args.output else None
+    if saved is not None and (args.config or overrides or args.dataset):
+        # what this command asks for, compared with the run's own settings by the trainer
+        config = apply_overrides(named_config(args.config) if args.config else saved, overrides)
+        config.datasets = [SourceConfig(str(d)) for d in args.dataset] if args.dataset else saved.datasets
+    elif args.config or not args.resume or args.print_config:
         config = named_config(args.config or "pi05_tiny")
-        overrides = list(args.overrides) + ([f"save_every={args.save_every}"] if args.save_every else [])
         overrides += [f"steps={args.steps}"] if args.steps and not args.resume else []
         config = apply_overrides(config, overrides)
         config.datasets = [SourceConfig(str(d)) for d in args.dataset]

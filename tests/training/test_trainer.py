@@ -151,6 +151,30 @@ def test_existing_run_needs_resume(toy_dataset, tmp_path):
     assert [s for s, _ in result.losses] == [3, 4]
 
 
+def test_a_resume_applies_allowed_changes_and_refuses_the_others_by_name(toy_dataset, tmp_path, capsys):
+    from vlaflow.cli import main
+
+    run = tmp_path / "run"
+    train(config_for(toy_dataset, overrides=["steps=2", "save_every=2"]), run, progress=False)
+    assert main(["train", "--resume", "--output", str(run), "batch_size=8", "optim.peak_lr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size: 4 -> 8" in err and "optim.peak_lr: " in err and "-> 0.001" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(["train", "--resume", "--output", str(run), "--dataset", str(other)]) == 2
+    assert "datasets: " in capsys.readouterr().err
+    assert (
+        main(["train", "--resume", "--output", str(run), "--steps", "3", "save_every=1", "log_every=2"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "with changed settings: log_every: 1 -> 2; save_every: 2 -> 1" in out
+    assert [s for s, _ in complete_checkpoints(run)][-1] == 3
+    result = train(
+        config_for(toy_dataset, overrides=["steps=4", "save_every=2"]), run, resume=True, progress=False
+    )
+    assert [s for s, _ in result.losses] == [4]  # the same config again: resumed, nothing to report
+
+
 @pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
 def test_lora_and_freezing(toy_dataset, tmp_path, name):
     config = config_for(toy_dataset, name=name, overrides=["steps=2", 'freeze=["vision"]', 'lora={"vlm": 4}'])

@@ -402,6 +402,57 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "log_every",
+        "save_every",
+        "keep_last",
+        "num_workers",
+        "val_every",
+        "val_samples",
+        "val_action_error",
+        "device",
+        "distributed",
+        "compile",
+        "gradient_checkpointing",
+        "wandb_project",
+    }
+)
+"""Settings a resumed run may change: how long, how often it logs and saves, and where and how it
+computes; never what it learns from or how (data, batch, model, optimizer, losses, seed)."""
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if key == "optim" and isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resumed_config(saved: TrainConfig, requested: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """The config a resumed run continues with: `requested` when it differs from the run's `saved`
+    one only in `RESUMABLE` settings, with those changes described (`name: old -> new`). Any other
+    difference raises ValueError that lists every one: a resume never silently ignores a setting."""
+    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
+    changes = {key: (old.get(key), new.get(key)) for key in new if old.get(key) != new.get(key)}
+    shown = {
+        k: f"{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}"
+        for k, (a, b) in changes.items()
+    }
+    refused = [text for key, text in shown.items() if key not in RESUMABLE]
+    if refused:
+        raise ValueError(
+            "--resume continues a run with the settings it was started with, and these differ from "
+            f"its checkpoint's: {'; '.join(refused)}. Start a new --output to change them (init=DIR "
+            "starts from a checkpoint's weights), or resume without them"
+        )
+    return requested, list(shown.values())
+
+
 def describe(config: TrainConfig, defaults: TrainConfig | None = None) -> str:
     """Every setting as `name = value  # what it does (default: ...)`, one per line."""
     defaults = defaults or TrainConfig()

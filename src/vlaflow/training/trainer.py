@@ -42,10 +42,10 @@ from vlaflow.data.sampling import SampleKey, StepSampler, mixture_weights
 from vlaflow.models import VLA, VLAConfig, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.models.vla import FLOAT32_HEADS
-from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained
+from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
 from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer, PaliGemmaTokenizer, Tokenizer
 from vlaflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vlaflow.training.configs import TrainConfig
+from vlaflow.training.configs import TrainConfig, resumed_config
 from vlaflow.training.distributed import (
     Runtime,
     all_reduce_sum,
@@ -94,6 +94,14 @@ def train(
         shut_down(runtime)
 
 
+def saved_train_config(output: str | Path) -> TrainConfig | None:
+    """The training settings of the last complete checkpoint in `output` (None: there is none)."""
+    existing = latest_checkpoint(Path(output))
+    if existing is None:
+        return None
+    return TrainConfig.from_dict(read_config(existing)["metadata"]["train_config"])
+
+
 def flow_inputs(ids: Tensor, horizon: int, dim: int, seed: int, draws: int = 1) -> tuple[Tensor, Tensor]:
     """Per-sample flow noise (B, H, D) and time t ~ Beta(1.5, 1) * 0.999 + 0.001 (B,), from the
     sample's global number: the same sample gets the same draw in any process, at any resume.
@@ -140,7 +148,10 @@ class Trainer:
             )
         self.state = load_checkpoint(existing) if resume and existing is not None else None
         if self.state is not None:
-            config = TrainConfig.from_dict(self.state["config"]["metadata"]["train_config"])
+            saved = TrainConfig.from_dict(self.state["config"]["metadata"]["train_config"])
+            config, changes = resumed_config(saved, config) if config is not None else (saved, [])
+            if changes and runtime.main:
+                print(f"resuming {output} with changed settings: {'; '.join(changes)}")
         elif config is None:
             raise ValueError(f"nothing to resume in {output}: give a training config")
         if steps is not None:
