@@ -682,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--resolution", type=int, help="camera resolution of data and evaluation (default: 112)"
     )
-    demo.add_argument("--steps", type=int, help="training steps (default: 1500; tabletop 1200)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 1500; tabletop 1100)")
     demo.add_argument("--batch-size", type=int, help="training batch size (default: 32)")
     demo.add_argument(
         "--eval-episodes-per-task", type=int, help="Meta-World: evaluation episodes per task (default: 10)"
@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"vlaflow {args.command}: warning: {message}\n"
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:  # incl. missing files, a full disk
         print(f"vlaflow {args.command}: error: {error}", file=sys.stderr)
         return 2
 

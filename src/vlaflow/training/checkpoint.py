@@ -6,11 +6,15 @@ plus what resuming needs: `params.safetensors` (the trainable state as trained, 
 from the exported weights), `ema.safetensors`, `optimizer.pt` and `trainer_state.json` (step,
 seed, data position, metrics bookkeeping). It is written under a hidden temporary name and
 renamed in one step, so a directory named `step_*` is always complete; a crash mid-write leaves
-only a temporary directory, removed at the next save.
+only a temporary directory, removed at the next save, and a failed write (a full disk) removes it
+at once and says that the previous checkpoint is intact. `manifest.json` records every file's size:
+a checkpoint damaged later (truncated, a file lost or unreadable) raises `CheckpointError` naming
+the file, and `load_latest` falls back to the newest checkpoint that loads.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,7 +33,12 @@ PARAMS_FILE = "params.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the file."""
 
 
 def checkpoints_root(output: Path) -> Path:
@@ -79,7 +88,40 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".{final.name}.tmp"
-    tmp.mkdir()
+    previous = latest_checkpoint(output)
+    try:
+        tmp.mkdir()
+        _write(tmp, export, config, trainer_state, optimizer, params, ema, write_extra, step)
+    except Exception as error:  # a full disk shows up as OSError, or as safetensors' own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        intact = (
+            f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        )
+        reason = getattr(error, "strerror", None) or f"{type(error).__name__}: {error}"
+        raise OSError(
+            getattr(error, "errno", None) or errno.EIO,
+            f"writing checkpoint {final} failed ({reason}); {intact}",
+        ) from error
+    if final.exists():  # a re-run of the same step after a resume
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for _, old in complete_checkpoints(output)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(
+    tmp: Path,
+    export: dict[str, Tensor],
+    config: dict[str, Any],
+    trainer_state: dict[str, Any],
+    optimizer: dict[str, Any],
+    params: dict[str, Tensor] | None,
+    ema: dict[str, Tensor] | None,
+    write_extra: Callable[[Path], None] | None,
+    step: int,
+) -> None:
+    """Every file of a checkpoint into `tmp`, synced, with the manifest of their sizes last."""
     save_file(_contiguous(export), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
     if params is not None:
         save_file(_contiguous(params), str(tmp / PARAMS_FILE))
@@ -91,31 +133,70 @@ def save_checkpoint(
     (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
     (tmp / CONFIG_FILE).write_text(json.dumps(body, indent=2))
+    sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(sizes, indent=1))
     for f in tmp.rglob("*"):
         if f.is_file():
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
-    if final.exists():  # a re-run of the same step after a resume
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for _, old in complete_checkpoints(output)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _checked_sizes(path: Path) -> None:
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():  # written before manifests existed
+        return
+    try:
+        sizes = json.loads(manifest.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{manifest}: unreadable ({error})") from error
+    for name, size in sizes.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(
+                f"{f}: {f.stat().st_size} bytes, written with {size} (truncated or damaged)"
+            )
+
+
+def _loaded(f: Path, load: Callable[[Path], Any]) -> Any:
+    try:
+        return load(f)
+    except Exception as error:  # every loader's own error type: safetensors, torch, json, OS
+        raise CheckpointError(f"{f}: cannot be loaded ({type(error).__name__}: {error})") from error
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Everything `save_checkpoint` wrote, as tensors / dicts (missing optional parts -> None)."""
+    """Everything `save_checkpoint` wrote, as tensors / dicts (missing optional parts -> None);
+    CheckpointError names a file that is missing, truncated or unreadable."""
     path = Path(path)
+    if _STEP_DIR.match(path.name):
+        _checked_sizes(path)
     if not _STEP_DIR.match(path.name) or not (path / STATE_FILE).is_file():
         raise FileNotFoundError(
             f"{path} is not a complete training checkpoint (step_XXXXXXXX with {STATE_FILE})"
         )
-    export = load_file(str(path / WEIGHTS_FILE))
+    tensors = lambda f: load_file(str(f))  # noqa: E731
+    text = lambda f: json.loads(f.read_text())  # noqa: E731
+    export = _loaded(path / WEIGHTS_FILE, tensors)
     return {
         "export": export,
-        "params": load_file(str(path / PARAMS_FILE)) if (path / PARAMS_FILE).exists() else export,
-        "ema": load_file(str(path / EMA_FILE)) if (path / EMA_FILE).exists() else None,
-        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
-        "trainer_state": json.loads((path / STATE_FILE).read_text()),
-        "config": json.loads((path / CONFIG_FILE).read_text()),
+        "params": _loaded(path / PARAMS_FILE, tensors) if (path / PARAMS_FILE).exists() else export,
+        "ema": _loaded(path / EMA_FILE, tensors) if (path / EMA_FILE).exists() else None,
+        "optimizer": _loaded(
+            path / OPTIMIZER_FILE, lambda f: torch.load(f, map_location="cpu", weights_only=True)
+        ),
+        "trainer_state": _loaded(path / STATE_FILE, text),
+        "config": _loaded(path / CONFIG_FILE, text),
     }
+
+
+def load_latest(output: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `output` that loads, with its contents; each newer one that does
+    not is reported through `warn` (naming the bad file) and skipped. None: there is none."""
+    for _, path in reversed(complete_checkpoints(output)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            warn(f"skipping damaged checkpoint {path.name}: {error}")
+    return None

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.models.vla import FLOAT32_HEADS
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
 from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer, PaliGemmaTokenizer, Tokenizer
-from vlaflow.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlaflow.training.checkpoint import complete_checkpoints, latest_checkpoint, load_latest, save_checkpoint
 from vlaflow.training.configs import TrainConfig, resumed_config
 from vlaflow.training.distributed import (
     Runtime,
@@ -96,10 +98,29 @@ def train(
 
 def saved_train_config(output: str | Path) -> TrainConfig | None:
     """The training settings of the last complete checkpoint in `output` (None: there is none)."""
-    existing = latest_checkpoint(Path(output))
-    if existing is None:
-        return None
-    return TrainConfig.from_dict(read_config(existing)["metadata"]["train_config"])
+    for _, path in reversed(complete_checkpoints(Path(output))):
+        try:
+            return TrainConfig.from_dict(read_config(path)["metadata"]["train_config"])
+        except (OSError, ValueError, KeyError):  # damaged: the trainer skips it too, with a warning
+            continue
+    return None
+
+
+def _batches(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """The loader's batches; a data error raised in a loader process keeps just its own message
+    (PyTorch re-raises it with the worker's traceback written into the text)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as error:
+            text = str(error).strip()
+            if "Original Traceback" not in text:
+                raise
+            raise type(error)(text.splitlines()[-1].split(": ", 1)[-1]) from None
+        yield batch
 
 
 def flow_inputs(ids: Tensor, horizon: int, dim: int, seed: int, draws: int = 1) -> tuple[Tensor, Tensor]:
@@ -146,7 +167,12 @@ class Trainer:
                 f"{output} already holds checkpoints (latest: {existing.name}); pass --resume to continue "
                 "it or choose another --output"
             )
-        self.state = load_checkpoint(existing) if resume and existing is not None else None
+        self.state = None
+        if resume and existing is not None:
+            found = load_latest(output, warn=warnings.warn)
+            if found is None:
+                raise ValueError(f"{output}: no checkpoint there can be loaded (see the warnings above)")
+            self.state = found[1]
         if self.state is not None:
             saved = TrainConfig.from_dict(self.state["config"]["metadata"]["train_config"])
             config, changes = resumed_config(saved, config) if config is not None else (saved, [])
@@ -515,7 +541,7 @@ class Trainer:
         last_checkpoint = None
         tick, done_since_log = time.perf_counter(), 0
         self.model.train()
-        for step, batch in zip(range(self.start, c.steps), self._loader(sampler), strict=False):
+        for step, batch in zip(range(self.start, c.steps), _batches(self._loader(sampler)), strict=False):
             terms, grad_norm = self._step(step, batch)
             loss = terms["loss"]
             number = step + 1

@@ -6,11 +6,13 @@ frames are decoded on access, from mp4 files (`vlaflow.data.video`) or PNGs embe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+import pyarrow as pa
 
 from vlaflow.data.lerobot.arrow import ImageColumn, read_data_file
 from vlaflow.data.lerobot.meta import (
@@ -88,8 +90,16 @@ class LeRobotDataset:
         parts: dict[str, list[np.ndarray]] = {k: [] for k in value_keys}
         self._images = {k: ImageColumn(k) for k in embedded_keys}
         selected = None if episodes is None else self.episodes
+        held_in = _episodes_by_file(self._episodes, self.meta.data_file)
         for path in self.meta.data_files(self._episodes):
-            for key, column in read_data_file(path, features, value_keys + embedded_keys, selected).items():
+            where = f"episode{'s' if len(held_in[path]) > 1 else ''} {_shown(held_in[path])}"
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.root}: {where}: missing data file {path}")
+            try:
+                columns = read_data_file(path, features, value_keys + embedded_keys, selected)
+            except (pa.ArrowException, OSError) as error:
+                raise ValueError(f"{self.root}: {where}: unreadable data file {path}: {error}") from error
+            for key, column in columns.items():
                 if key in self._images:
                     self._images[key].extend(column, f"{path} column {key!r}")
                 else:
@@ -105,6 +115,13 @@ class LeRobotDataset:
             for key in self.camera_keys
             if key not in self._images
         }
+        for key, sources in self._video_sources.items():  # before any training starts
+            for (path, _), episode in zip(sources, self.episodes, strict=True):
+                if not path.is_file() or path.stat().st_size == 0:
+                    state = "missing" if not path.is_file() else "empty"
+                    raise FileNotFoundError(
+                        f"{self.root}: episode {episode}: {state} video file {path} ({key})"
+                    )
         self._decoders = VideoDecoderPool()
 
     def _select(self, episodes: Sequence[int] | None) -> list[dict]:
@@ -218,7 +235,13 @@ class LeRobotDataset:
         for key, sources in self._video_sources.items():
             path, from_timestamp = sources[pos]
             ts = from_timestamp + float(self._columns["timestamp"][i, 0])
-            item[key] = self._decoders.get(path).frames_at([ts], self.tolerance_s)[0]
+            try:
+                item[key] = self._decoders.get(path).frames_at([ts], self.tolerance_s)[0]
+            except (av.error.FFmpegError, OSError, ValueError) as error:
+                raise ValueError(
+                    f"{self.root}: episode {self.episodes[pos]}: cannot decode {key} at {ts:.3f} s "
+                    f"from {path}: {error}"
+                ) from error
         return item
 
     def __repr__(self) -> str:
@@ -226,3 +249,18 @@ class LeRobotDataset:
             f"LeRobotDataset({str(self.root)!r}, {self.meta.codebase_version}, {len(self)} frames, "
             f"{self.num_episodes} episodes, {self.fps} fps, cameras={self.camera_keys})"
         )
+
+
+def _episodes_by_file(
+    episodes: Sequence[Mapping], data_file: Callable[[Mapping], Path]
+) -> dict[Path, list[int]]:
+    """Data file -> the indices of the `episodes` it holds."""
+    held: dict[Path, list[int]] = {}
+    for episode in episodes:
+        held.setdefault(data_file(episode), []).append(episode["episode_index"])
+    return held
+
+
+def _shown(indices: Sequence[int], at_most: int = 8) -> str:
+    listed = ", ".join(map(str, indices[:at_most]))
+    return listed + (f" ... ({len(indices)} in all)" if len(indices) > at_most else "")
