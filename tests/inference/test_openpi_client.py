@@ -6,11 +6,14 @@ connection keeps serving."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from serve_helpers import NUM_STEPS, observation, policy_observation, stub_server
+from websockets.exceptions import ConnectionClosed
 
-from vlaflow.bench.serve import TINY_ACTION_DIM, TINY_HORIZON
+from vlaflow.bench.serve import TINY_ACTION_DIM, TINY_HORIZON, TINY_STATE_DIM
 
 websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
 action_chunk_broker = pytest.importorskip("openpi_client.action_chunk_broker")
@@ -52,3 +55,33 @@ def test_openpi_client_api_key_passes_the_token_check():
         client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port, api_key="s3cret")
         reply = client.infer(observation())
     assert reply["actions"].shape[-1] == TINY_ACTION_DIM and model.batches == [1]
+
+
+def test_openpi_client_gets_named_errors_never_non_finite_actions():
+    """Inputs that overflow float32 or cannot be resized, and a model that returns NaN: each an
+    error reply naming the field (None for the model), and the connection keeps serving."""
+    server, model = stub_server()
+    with server.in_background() as port:
+        client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port)
+        good, image = observation(), "observation.images.corner2"
+        error = client.infer({**good, "observation.state": np.full(TINY_STATE_DIM, 1e39)})["error"]
+        assert error["field"] == "observation.state" and "overflows float32" in error["message"]
+        error = client.infer({**good, image: np.zeros((1, 200, 3), np.uint8)})["error"]
+        assert error["field"] == image and "1 x 200" in error["message"]
+        model.nan_next = True
+        error = client.infer(good)["error"]
+        assert error["field"] is None and "non-finite actions" in error["message"]
+        assert np.isfinite(client.infer(good)["actions"]).all()
+
+
+def test_openpi_client_left_silent_is_disconnected_by_the_idle_timeout():
+    server, _ = stub_server(idle_timeout_s=0.2)
+    with server.in_background() as port:
+        client = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port)
+        for _ in range(600):  # the server closes it on its own loop
+            if server.stats.open_connections == 0:
+                break
+            threading.Event().wait(0.05)
+        assert server.stats.open_connections == 0
+        with pytest.raises(ConnectionClosed):
+            client.infer(observation())

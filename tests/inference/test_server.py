@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -424,3 +426,48 @@ def test_a_stop_delivers_the_reply_in_progress_and_refuses_new_requests():
         assert closed.value.rcvd.code == 1001
         stopper.join()
     assert server.stats.replies == 1
+
+
+_STUCK_SERVER = """
+import logging, sys, threading
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {helpers!r})
+from serve_helpers import stub_server
+server, model = stub_server(port={port})
+model.gate = threading.Event()  # inference never finishes: a hung model
+threading.Thread(target=lambda: (model.entered.wait(), print("inference started", flush=True))).start()
+server.run()
+"""
+
+
+def test_a_second_sigterm_exits_at_once_even_with_inference_hung():
+    """The first SIGTERM waits for the hung inference (it would wait forever); the second exits."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = _STUCK_SERVER.format(helpers=os.path.dirname(__file__), port=port)
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for _ in range(600):
+            try:
+                with connect(f"ws://127.0.0.1:{port}") as connection:
+                    break
+            except OSError:
+                threading.Event().wait(0.1)
+        with connect(f"ws://127.0.0.1:{port}") as connection:
+            connection.recv()
+            connection.send(pack(observation()))
+            for line in server.stdout:  # the log so far, then the model's marker
+                if "inference started" in line:
+                    break
+            server.send_signal(signal.SIGTERM)
+            for line in server.stdout:
+                if "stopping: answering" in line:
+                    break
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(60) == 128 + signal.SIGTERM
+        assert "second SIGTERM: exiting now" in server.stdout.read()
+    finally:
+        server.kill()
