@@ -100,7 +100,7 @@ class TabletopDemoConfig:
     skills: str = "assisted"
     episodes: int = 200
     resolution: int = 112
-    steps: int = 1_200
+    steps: int = 1_100
     batch_size: int = 32
     peak_lr: float = 2e-3
     eval_episodes: int = 20

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vlaflow.inference.protocol import (
     ARRAY_TAG,
     MAX_DEPTH,
+    MAX_OBJECTS,
     SCALAR_TAG,
     DecodeError,
     check_structure,
@@ -136,7 +137,7 @@ def test_the_structure_check_counts_exactly_the_objects_the_decoder_builds(value
 def test_frames_of_too_many_objects_or_too_deep_are_refused_from_their_headers():
     many = 200_000
     for empty in (b"\x90", b"\x80", b"\xc0"):  # empty arrays, empty maps, nils
-        with pytest.raises(DecodeError, match="more than 100000 objects"):
+        with pytest.raises(DecodeError, match=f"more than {MAX_OBJECTS} objects"):
             unpack(b"\xdd" + many.to_bytes(4, "big") + empty * many)
     with pytest.raises(DecodeError, match=f"nesting deeper than {MAX_DEPTH} levels"):
         unpack(b"\x91" * 100_000 + b"\xc0")

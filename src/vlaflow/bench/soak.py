@@ -10,8 +10,10 @@ and a tiny random-weight pi0.5 (`vlaflow.bench.serve.tiny_checkpoint`). Three ph
 alone (--warm-s), valid clients and every attack (--duration-s), valid clients alone again after the
 attackers left (--quiet-s). Every second it samples the server's resident memory, open file
 descriptors and threads; it prints them over time, the valid clients' p50 / p99 / max latency per
-phase, what each attack got back, and the server's log line count. Each attacker operation has a
-timeout, so the run ends by itself even against a server that hangs.
+phase, what each attack got back, and the server's log line count. Each attacker sends at most
+--rate frames per second (a hostile client; 0 floods, which on a small machine also measures the
+CPU the attackers themselves take). Each attacker operation has a timeout, so the run ends by
+itself even against a server that hangs.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def _frames() -> dict[str, bytes]:
 
 
 class Soak:
-    def __init__(self, port: int, pid: int) -> None:
-        self.port, self.pid = port, pid
+    def __init__(self, port: int, pid: int, rate: float) -> None:
+        self.port, self.pid, self.rate = port, pid, rate
         self.stop = threading.Event()  # everything ends
         self.ceasefire = threading.Event()  # the attacks end
         self.phase = "warm"
@@ -149,6 +151,11 @@ class Soak:
 
     # ---------------------------------------------------------------- attacks (each loops until stopped)
 
+    def pace(self) -> None:
+        """Waits between an attacker's frames (`rate` per second; 0: none, a flood)."""
+        if self.rate > 0:
+            self.ceasefire.wait(1.0 / self.rate)
+
     def frames_attack(self, name: str, frame: bytes) -> None:
         while not self.ceasefire.is_set():
             try:
@@ -159,6 +166,7 @@ class Soak:
                         self.record(name, outcome)
                         if outcome.startswith(("closed", "no reply")):
                             break
+                        self.pace()
             except (OSError, TimeoutError, ConnectionClosed, InvalidStatus) as error:
                 self.record(name, f"connect: {type(error).__name__}")
                 self.ceasefire.wait(1.0)
@@ -178,6 +186,7 @@ class Soak:
                             break
                         connection.send(blob)
                         sent += 1
+                        self.pace()
                     self.ceasefire.wait(5.0)
             except (OSError, TimeoutError, ConnectionClosed, InvalidStatus) as error:
                 self.record("never reads, pipelines 15 MB frames", f"ended by {type(error).__name__}")
@@ -260,7 +269,7 @@ def _latency(values: list[float]) -> dict[str, float]:
 
 
 def run(
-    *, duration_s: float, warm_s: float, quiet_s: float, pythonpath: str | None, clients: int
+    *, duration_s: float, warm_s: float, quiet_s: float, pythonpath: str | None, clients: int, rate: float
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = tiny_checkpoint(Path(scratch) / "tiny")
@@ -280,7 +289,7 @@ def run(
                     break
                 except OSError:
                     time.sleep(0.1)
-            soak = Soak(port, server.pid)
+            soak = Soak(port, server.pid, rate)
             start = time.monotonic()
             background = [threading.Thread(target=soak.sample, args=(start,), daemon=True)]
             background += [threading.Thread(target=soak.valid_client, daemon=True) for _ in range(clients)]
@@ -321,6 +330,7 @@ def run(
     return {
         "server": pythonpath or "this checkout",
         "duration_s": duration_s,
+        "attack_rate_per_s": rate,
         "valid_clients": clients,
         "alive_after_attacks": alive,
         "latency": {phase: _latency(values) for phase, values in soak.latencies.items()},
@@ -343,7 +353,11 @@ def run(
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"server: {result['server']}; alive after the attacks: {result['alive_after_attacks']}"]
+    rate = result["attack_rate_per_s"] or "as fast as they can"
+    lines = [
+        f"server: {result['server']}; attackers' frames per second each: {rate}; "
+        f"alive after the attacks: {result['alive_after_attacks']}"
+    ]
     for phase, latency in result["latency"].items():
         if latency["requests"]:
             lines.append(
@@ -379,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-s", type=float, default=10.0, help="valid clients alone, before")
     parser.add_argument("--quiet-s", type=float, default=15.0, help="valid clients alone, after")
     parser.add_argument("--clients", type=int, default=2, help="valid clients")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2.0,
+        help="frames per second of each frame attacker (0: as fast as it can)",
+    )
     parser.add_argument("--pythonpath", help="serve another checkout's code (its src directory)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -388,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_s=args.quiet_s,
         pythonpath=args.pythonpath,
         clients=args.clients,
+        rate=args.rate,
     )
     print(report(result))
     if args.json:

@@ -25,7 +25,7 @@ import numpy as np
 ARRAY_TAG = b"__ndarray__"
 SCALAR_TAG = b"__npgeneric__"
 ALLOWED_KINDS = "biufSU"  # bool, integers, floats, fixed-size bytes and unicode strings
-MAX_OBJECTS = 100_000
+MAX_OBJECTS = 10_000
 """Maps, arrays and values a frame may hold (a request holds tens; arrays travel as one bin each)."""
 MAX_DEPTH = 64
 """Levels of nested maps and arrays a frame may hold (a request nests a few)."""
