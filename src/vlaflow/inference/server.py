@@ -278,6 +278,17 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _map_large_buffers() -> None:
+    """Frame-sized buffers (1 MiB and up) get their own memory maps, returned to the OS when freed.
+    By default glibc raises this threshold after large frees (up to 32 MiB), after which frames land
+    in the heap and leave it fragmented."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_FRAME_BYTES)
+
+
 def _peer(connection: ServerConnection) -> str:
     return ":".join(map(str, (connection.remote_address or ("?",))[:2]))
 
@@ -505,6 +516,7 @@ class PolicyServer:
         """Serves until `stop` is set; then stops accepting connections, answers requests already
         in progress (new ones get an error reply), closes every connection and returns."""
         c = self.config
+        _map_large_buffers()
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaflow-decode")
         self._stopping, self._answering, self._answered = False, 0, asyncio.Event()
         batcher = Batcher(
