@@ -85,3 +85,26 @@ def test_openpi_client_left_silent_is_disconnected_by_the_idle_timeout():
         assert server.stats.open_connections == 0
         with pytest.raises(ConnectionClosed):
             client.infer(observation())
+
+
+def test_openpi_client_meets_the_connection_limit_the_token_throttle_and_the_control_echo_bound():
+    from websockets.exceptions import InvalidStatus
+
+    from vlaflow.inference.server import MAX_CONTROL_BYTES
+
+    server, _ = stub_server(token="s3cret", max_connections=1, max_auth_failures=2)
+    with server.in_background() as port:
+        first = websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port, api_key="s3cret")
+        with pytest.raises(InvalidStatus) as refused:  # one connection allowed
+            websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port, api_key="s3cret")
+        assert refused.value.response.status_code == 503
+        error = first.infer({"__ctrl__": "x" * MAX_CONTROL_BYTES})["error"]
+        assert error["field"] == "__ctrl__"
+        assert first.infer({"__ctrl__": "episode_start"}) == {"__ack__": "episode_start"}
+        codes = []
+        for _ in range(3):
+            with pytest.raises(InvalidStatus) as refused:
+                websocket_client_policy.WebsocketClientPolicy("127.0.0.1", port, api_key="guess")
+            codes.append(refused.value.response.status_code)
+        assert codes == [401, 401, 429]
+        assert "actions" in first.infer(observation())  # the open connection is not affected
