@@ -271,22 +271,26 @@ class _DroppedError(Exception):
     """A connection the server gave up on (the reason is the message)."""
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _glibc(call: Callable[[Any], None]) -> None:
+    """`call(libc)` where the C library is glibc; elsewhere nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        call(ctypes.CDLL("libc.so.6"))
+
+
 def _release_memory() -> None:
     """Collect cycles now and hand freed heap back to the OS (glibc keeps it otherwise)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+    _glibc(lambda libc: libc.malloc_trim(0))
 
 
 def _map_large_buffers() -> None:
     """Frame-sized buffers (1 MiB and up) get their own memory maps, returned to the OS when freed.
     By default glibc raises this threshold after large frees (up to 32 MiB), after which frames land
     in the heap and leave it fragmented."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_FRAME_BYTES)
+    _glibc(lambda libc: libc.mallopt(M_MMAP_THRESHOLD, LARGE_FRAME_BYTES))
 
 
 def _peer(connection: ServerConnection) -> str:
@@ -393,6 +397,11 @@ class PolicyServer:
             with contextlib.suppress(RuntimeError):  # the worker is gone: the server is stopping
                 await asyncio.get_running_loop().run_in_executor(batcher.worker, self.forget, session)
 
+    def _error(self, error: RequestError, counted_as: str = "inference") -> tuple[dict[str, Any], str]:
+        """An error reply and its log fragment, counted in `stats.errors[counted_as]`."""
+        self.stats.errors[counted_as] += 1
+        return error.reply(), f"status=error field={error.field} message={error.message!r}"
+
     async def _answer(
         self, message: str | bytes, batcher: Batcher, session: int
     ) -> tuple[dict[str, Any], str]:
@@ -424,21 +433,15 @@ class PolicyServer:
             if self._stopping:
                 raise RequestError(None, "the server is shutting down: no new requests")
         except RequestError as error:
-            self.stats.errors[str(error.field)] += 1
-            return error.reply(), f"status=error field={error.field} message={error.message!r}"
+            return self._error(error, str(error.field))
         queued = time.perf_counter()
         try:
             result = await batcher.submit(request)
         except Exception as error:
-            self.stats.errors["inference"] += 1
-            failure = RequestError(None, f"inference failed: {type(error).__name__}: {error}")
-            return failure.reply(), f"status=error field=None message={failure.message!r}"
+            return self._error(RequestError(None, f"inference failed: {type(error).__name__}: {error}"))
         if not np.isfinite(result.actions).all():  # never sent as a success
-            self.stats.errors["inference"] += 1
-            failure = RequestError(
-                None, "the policy produced non-finite actions (NaN or infinity) from finite inputs"
-            )
-            return failure.reply(), f"status=error field=None message={failure.message!r}"
+            message = "the policy produced non-finite actions (NaN or infinity) from finite inputs"
+            return self._error(RequestError(None, message))
         self.stats.replies += 1
         queue_ms = (time.perf_counter() - queued) * 1e3 - result.infer_ms
         reply = {

@@ -433,10 +433,10 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resumed_config(saved: TrainConfig, requested: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The config a resumed run continues with: `requested` when it differs from the run's `saved`
-    one only in `RESUMABLE` settings, with those changes described (`name: old -> new`). Any other
-    difference raises ValueError that lists every one: a resume never silently ignores a setting."""
+def resume_changes(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """How `requested` differs from a resumed run's `saved` config (`name: old -> new`) when only in
+    `RESUMABLE` settings. Any other difference raises ValueError that lists every one: a resume
+    never silently ignores a setting."""
     old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
     changes = {key: (old.get(key), new.get(key)) for key in new if old.get(key) != new.get(key)}
     shown = {
@@ -450,7 +450,7 @@ def resumed_config(saved: TrainConfig, requested: TrainConfig) -> tuple[TrainCon
             f"its checkpoint's: {'; '.join(refused)}. Start a new --output to change them (init=DIR "
             "starts from a checkpoint's weights), or resume without them"
         )
-    return requested, list(shown.values())
+    return list(shown.values())
 
 
 def describe(config: TrainConfig, defaults: TrainConfig | None = None) -> str:

@@ -47,7 +47,7 @@ from vlaflow.models.vla import FLOAT32_HEADS
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
 from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer, PaliGemmaTokenizer, Tokenizer
 from vlaflow.training.checkpoint import complete_checkpoints, latest_checkpoint, load_latest, save_checkpoint
-from vlaflow.training.configs import TrainConfig, resumed_config
+from vlaflow.training.configs import TrainConfig, resume_changes
 from vlaflow.training.distributed import (
     Runtime,
     all_reduce_sum,
@@ -175,7 +175,8 @@ class Trainer:
             self.state = found[1]
         if self.state is not None:
             saved = TrainConfig.from_dict(self.state["config"]["metadata"]["train_config"])
-            config, changes = resumed_config(saved, config) if config is not None else (saved, [])
+            changes = resume_changes(saved, config) if config is not None else []
+            config = config or saved
             if changes and runtime.main:
                 print(f"resuming {output} with changed settings: {'; '.join(changes)}")
         elif config is None:

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vlaflow.data.video import encode_video
+from vlaflow.pretrained import read_config
 from vlaflow.sim.evaluate import (
     EVAL_SEED,
     CheckpointPolicyFactory,
@@ -161,8 +162,7 @@ def training_skills(policy: Any) -> str:
     (the expert, factories, servers, data that is gone)."""
     if not isinstance(policy, str) or policy == "expert" or not (Path(policy) / "config.json").is_file():
         return "physical"
-    config = json.loads((Path(policy) / "config.json").read_text())
-    for source in config.get("metadata", {}).get("train_config", {}).get("datasets", []):
+    for source in read_config(policy).get("metadata", {}).get("train_config", {}).get("datasets", []):
         meta = Path(source.get("path", "")) / EPISODES_META
         if meta.is_file():
             with open(meta) as f:
