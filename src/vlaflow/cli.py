@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,23 +53,38 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from vlaflow.interop.openpi import load_pytorch_checkpoint
+    from vlaflow.interop.openpi_jax import is_orbax_checkpoint, load_jax_checkpoint
     from vlaflow.pretrained import save_pretrained
     from vlaflow.tokenizers import PaliGemmaTokenizer
 
-    model = load_pytorch_checkpoint(
-        args.checkpoint,
-        pi05=args.pi05,
-        paligemma_variant=args.paligemma_variant,
-        action_expert_variant=args.action_expert_variant,
-        action_horizon=args.action_horizon,
-        action_dim=args.action_dim,
-        max_token_len=args.max_token_len,
-        dtype=getattr(torch, args.dtype),
-    )
+    dtype = getattr(torch, args.dtype)
+    metadata: dict[str, Any] = {"converted_from": str(args.checkpoint)}
+    if is_orbax_checkpoint(args.checkpoint):
+        model, detected = load_jax_checkpoint(
+            args.checkpoint, action_horizon=args.action_horizon, max_token_len=args.max_token_len, dtype=dtype
+        )
+        print(f"openpi JAX checkpoint {args.checkpoint}")
+        print(detected.summary())
+        print(
+            f"action horizon: {args.action_horizon}, prompt tokens: {model.config.max_token_len} "
+            "(not stored in the weights: --action-horizon / --max-token-len)"
+        )
+        metadata["openpi_family"] = detected.family
+    else:
+        if args.pi05 is None:
+            raise ValueError("a safetensors checkpoint needs --pi0 or --pi05 (JAX checkpoints are detected)")
+        model = load_pytorch_checkpoint(
+            args.checkpoint,
+            pi05=args.pi05,
+            paligemma_variant=args.paligemma_variant,
+            action_expert_variant=args.action_expert_variant,
+            action_horizon=args.action_horizon,
+            action_dim=args.action_dim,
+            max_token_len=args.max_token_len,
+            dtype=dtype,
+        )
     tokenizer = PaliGemmaTokenizer(args.tokenizer) if args.tokenizer else None
-    out = save_pretrained(
-        args.output, model, tokenizer=tokenizer, metadata={"converted_from": str(args.checkpoint)}
-    )
+    out = save_pretrained(args.output, model, tokenizer=tokenizer, metadata=metadata)
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype})")
     return 0
 
@@ -550,12 +566,22 @@ def build_parser() -> argparse.ArgumentParser:
     ask_command.add_argument("--max-tokens", type=int, default=64, help="longest answer in tokens")
     ask_command.set_defaults(run=_ask)
 
-    convert = _command(commands, "convert", "openpi / LeRobot model.safetensors -> vlaflow model directory")
-    convert.add_argument("checkpoint", type=Path, help="model.safetensors or a directory holding one")
+    convert = _command(
+        commands,
+        "convert",
+        "openpi JAX checkpoint or openpi / LeRobot model.safetensors -> vlaflow model directory",
+    )
+    convert.add_argument(
+        "checkpoint",
+        type=Path,
+        help="openpi JAX checkpoint (a directory with params/, or a training step directory; family and "
+        "sizes are detected), or model.safetensors / a directory holding one",
+    )
     convert.add_argument("--output", type=Path, required=True, help="model directory to write")
-    variant = convert.add_mutually_exclusive_group(required=True)
-    variant.add_argument("--pi05", dest="pi05", action="store_true", help="a pi0.5 checkpoint")
-    variant.add_argument("--pi0", dest="pi05", action="store_false", help="a pi0 checkpoint")
+    variant = convert.add_mutually_exclusive_group()
+    variant.add_argument("--pi05", dest="pi05", action="store_true", help="a pi0.5 safetensors checkpoint")
+    variant.add_argument("--pi0", dest="pi05", action="store_false", help="a pi0 safetensors checkpoint")
+    convert.set_defaults(pi05=None)
     convert.add_argument("--paligemma-variant", default="gemma_2b", help="VLM size: gemma_2b or dummy")
     convert.add_argument("--action-expert-variant", default="gemma_300m", help="expert: gemma_300m or dummy")
     convert.add_argument("--action-horizon", type=int, default=50, help="actions per chunk")
@@ -803,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"vlaflow {args.command}: warning: {message}\n"
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:  # incl. missing files, a full disk
+    except (ValueError, OSError, ImportError) as error:  # incl. missing files, a full disk, a missing extra
         print(f"vlaflow {args.command}: error: {error}", file=sys.stderr)
         return 2
 

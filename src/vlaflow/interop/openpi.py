@@ -10,6 +10,7 @@ mis-shaped is reported by name.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -81,26 +82,48 @@ def load_reference_weights(
     Tensors are read one at a time and assigned, so peak memory is about one model.
     """
     file = checkpoint_file(path)
-    wanted = {reference_key(k): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
-    state, seen, unexpected, mismatched = {}, set(), [], []
     with safe_open(str(file), framework="pt", device="cpu") as f:
         stored_names = {stored.removeprefix("model."): stored for stored in f.keys()}  # noqa: SIM118
-        if _TIED_HEAD in stored_names and _EMBEDDING in wanted:
+        if _TIED_HEAD in stored_names:
             head = stored_names.pop(_TIED_HEAD)
             stored_names.setdefault(_EMBEDDING, head)  # the embedding itself wins when both are stored
-        for name, stored in stored_names.items():
-            if _IGNORED.match(name):
-                continue
-            if name not in wanted:
-                unexpected.append(f"{stored} {list(f.get_slice(stored).get_shape())}")
-                continue
-            seen.add(name)
-            ours, shape = wanted[name]
-            stored_shape = tuple(f.get_slice(stored).get_shape())
-            if stored_shape != shape:
-                mismatched.append(f"{stored}: checkpoint {list(stored_shape)} vs model {list(shape)}")
-                continue
-            state[ours] = f.get_tensor(stored).to(device=device, dtype=dtype)
+        tensors = {
+            name: (tuple(f.get_slice(stored).get_shape()), lambda s=stored: f.get_tensor(s).to(dtype))
+            for name, stored in stored_names.items()
+        }
+        load_reference_tensors(model, tensors, source=str(file), device=device, stored=stored_names)
+
+
+StoredTensor = tuple[tuple[int, ...], Callable[[], torch.Tensor]]
+"""A tensor's shape, and how to read it (called once, only when the shape fits)."""
+
+
+def load_reference_tensors(
+    model: VLA,
+    tensors: Mapping[str, StoredTensor],
+    *,
+    source: str,
+    device: str | torch.device,
+    stored: Mapping[str, str] | None = None,
+) -> None:
+    """Fill `model` from tensors under the reference's names; anything missing, extra or mis-shaped
+    is reported by name (`stored`: the name each was stored under, when it differs)."""
+    stored = stored or {}
+    wanted = {reference_key(k): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    state, seen, unexpected, mismatched = {}, set(), [], []
+    for name, (stored_shape, read) in tensors.items():
+        if _IGNORED.match(name):
+            continue
+        label = stored.get(name, name)
+        if name not in wanted:
+            unexpected.append(f"{label} {list(stored_shape)}")
+            continue
+        seen.add(name)
+        ours, shape = wanted[name]
+        if tuple(stored_shape) != shape:
+            mismatched.append(f"{label}: checkpoint {list(stored_shape)} vs model {list(shape)}")
+            continue
+        state[ours] = read().to(device=device)
     missing = [
         f"{ref} {list(shape)}" + (f" (or its tied {_TIED_HEAD})" if ref == _EMBEDDING else "")
         for ref, (_, shape) in wanted.items()
@@ -115,7 +138,7 @@ def load_reference_weights(
         ):
             if items:
                 problems.append(f"{len(items)} {label}, first: " + "; ".join(items[:5]))
-        raise ValueError(f"checkpoint {file} does not fit the model config: " + " | ".join(problems))
+        raise ValueError(f"checkpoint {source} does not fit the model config: " + " | ".join(problems))
     model.load_state_dict(state, strict=True, assign=True)
 
 

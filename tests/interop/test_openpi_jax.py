@@ -1,0 +1,169 @@
+"""openpi JAX checkpoints (orbax `params/`), written in the tests the way openpi writes them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from openpi_orbax import cast, jax_tree, save_released, save_training_step
+
+from helpers import make_observation, randomize_
+from vlaflow import VLA, preset
+from vlaflow.interop.openpi_jax import detect, is_orbax_checkpoint, load_jax_checkpoint, read_params
+
+pytest.importorskip("orbax.checkpoint")
+
+
+def _source(name: str, seed: int = 0) -> VLA:
+    torch.manual_seed(seed)
+    model = VLA(preset(name))
+    randomize_(model)
+    return model.eval()
+
+
+def _same_actions(a: VLA, b: VLA, atol: float = 0.0) -> None:
+    obs = make_observation(a.config)
+    noise = torch.randn(
+        2, a.config.action_horizon, a.config.action_dim, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(
+        a.sample_actions(obs, noise=noise), b.sample_actions(obs, noise=noise), rtol=0, atol=atol
+    )
+
+
+@pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny"])
+def test_released_checkpoint_converts_to_the_same_model(tmp_path, name):
+    source = _source(name)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    loaded, detected = load_jax_checkpoint(
+        tmp_path / "ckpt",
+        action_horizon=source.config.action_horizon,
+        max_token_len=source.config.max_token_len,
+    )
+    assert detected.family == ("pi05" if source.config.pi05 else "pi0")
+    assert (detected.vision, detected.vlm, detected.expert) == (
+        source.config.vision,
+        source.config.vlm,
+        source.config.expert,
+    )
+    assert detected.vocab_size == source.config.vocab_size and detected.dtype == "float32"
+    for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    _same_actions(source, loaded)
+
+
+def test_einsum_kernels_compute_what_openpi_computes(tmp_path):
+    """The JAX arrays, used with openpi's own einsum equations, give what the converted modules give."""
+    source = _source("pi05_tiny")
+    tree = jax_tree(source)
+    save_released(tree, tmp_path / "ckpt")
+    loaded, _ = load_jax_checkpoint(tmp_path / "ckpt", action_horizon=50, max_token_len=64)
+    params = read_params(tmp_path / "ckpt")
+    x = np.random.default_rng(0).normal(size=(2, 5, 128)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    layer = loaded.transformer.layers[1].experts[0]
+    q = np.einsum("BTD,NDH->BTNH", x, params["PaliGemma/llm/layers/attn/q_einsum/w"][1])
+    k, v = np.einsum("BSD,CKDH->CBSKH", x, params["PaliGemma/llm/layers/attn/kv_einsum/w"][1])
+    with torch.no_grad():
+        np.testing.assert_allclose(layer.q_proj(xt).numpy().reshape(q.shape), q, atol=1e-5)
+        np.testing.assert_allclose(layer.k_proj(xt).numpy().reshape(k.shape), k, atol=1e-5)
+        np.testing.assert_allclose(layer.v_proj(xt).numpy().reshape(v.shape), v, atol=1e-5)
+        heads = np.random.default_rng(1).normal(size=q.shape).astype(np.float32)
+        out = np.einsum("BTNH,NHD->BTD", heads, params["PaliGemma/llm/layers/attn/attn_vec_einsum/w"][1])
+        torch.testing.assert_close(
+            layer.o_proj(torch.from_numpy(heads).flatten(2)), torch.from_numpy(out), atol=1e-5, rtol=0
+        )
+        gating = params["PaliGemma/llm/layers/mlp/gating_einsum"][1]
+        torch.testing.assert_close(
+            layer.mlp.gate_proj(xt), torch.from_numpy(x @ gating[0]), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(layer.mlp.up_proj(xt), torch.from_numpy(x @ gating[1]), atol=1e-5, rtol=0)
+        image = np.random.default_rng(2).normal(size=(1, 112, 112, 3)).astype(np.float32)
+        kernel = params["PaliGemma/img/embedding/kernel"]  # (p, p, in, out), NHWC
+        p = kernel.shape[0]
+        patches = image.reshape(1, 8, p, 8, p, 3).transpose(0, 1, 3, 2, 4, 5)
+        expected = np.einsum("bijpqc,pqcd->bijd", patches, kernel) + params["PaliGemma/img/embedding/bias"]
+        ours = loaded.vision.patch_embed(torch.from_numpy(image).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(ours, torch.from_numpy(expected), atol=1e-4, rtol=0)
+
+
+def test_training_step_directory_with_nnx_state_values(tmp_path):
+    source = _source("pi0_tiny", seed=3)
+    step = save_training_step(jax_tree(source), tmp_path / "run", 1000)
+    assert is_orbax_checkpoint(step) and (step / "train_state").is_dir()
+    assert all(not k.endswith("value") for k in read_params(step))
+    loaded, detected = load_jax_checkpoint(step, action_horizon=50, max_token_len=48)
+    assert detected.family == "pi0"
+    _same_actions(source, loaded)
+
+
+def test_bfloat16_checkpoint(tmp_path):
+    import ml_dtypes
+
+    source = _source("pi05_tiny", seed=4)
+    save_released(cast(jax_tree(source), ml_dtypes.bfloat16), tmp_path / "ckpt")
+    loaded, detected = load_jax_checkpoint(tmp_path / "ckpt", action_horizon=50, max_token_len=64)
+    assert detected.dtype == "bfloat16"
+    for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.to(torch.bfloat16).float(), rtol=0, atol=0, msg=key)
+
+
+def test_pi0_fast_tree_is_detected_without_an_expert(tmp_path):
+    source = _source("pi0fast_tiny")
+    tree = jax_tree(source)
+    assert "action_in_proj" not in tree
+    detected = detect({k: v for k, v in _flat(tree).items()})
+    assert detected.family == "pi0_fast" and detected.expert is None and detected.action_dim is None
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_unknown_or_partial_trees_fail_naming_what_is_missing(tmp_path):
+    tree = _flat(jax_tree(_source("pi0_tiny")))
+    del tree["state_proj/kernel"]
+    with pytest.raises(ValueError, match="state_proj"):
+        detect(tree)
+    with pytest.raises(ValueError, match="PaliGemma/img/embedding/kernel"):
+        detect({"PaliGemma/llm/embedder/input_embedding": np.zeros((3, 4))})
+    lora = _flat(jax_tree(_source("pi0_tiny")))
+    lora["PaliGemma/llm/layers/attn/q_einsum/lora_a"] = np.zeros((1,))
+    with pytest.raises(ValueError, match="LoRA"):
+        detect(lora)
+
+
+def test_convert_command_prints_what_it_found(tmp_path):
+    source = _source("pi05_tiny", seed=5)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlaflow.cli",
+            "convert",
+            str(tmp_path / "ckpt"),
+            "--output",
+            str(tmp_path / "out"),
+            "--action-horizon",
+            "50",
+            "--max-token-len",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "openpi JAX checkpoint" in result.stdout and "family: pi05" in result.stdout
+    assert "stored dtype: float32" in result.stdout and "width 64, depth 4" in result.stdout
+    from vlaflow.pretrained import load_pretrained
+
+    _same_actions(source, load_pretrained(tmp_path / "out").model.eval())
