@@ -54,6 +54,7 @@ def _infer(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from vlaflow.interop.openpi import load_pytorch_checkpoint
     from vlaflow.interop.openpi_jax import is_orbax_checkpoint, load_jax_checkpoint
+    from vlaflow.interop.openpi_norm import find_norm_stats, openpi_metadata
     from vlaflow.pretrained import save_pretrained
     from vlaflow.tokenizers import PaliGemmaTokenizer
 
@@ -69,7 +70,7 @@ def _convert(args: argparse.Namespace) -> int:
             f"action horizon: {args.action_horizon}, prompt tokens: {model.config.max_token_len} "
             "(not stored in the weights: --action-horizon / --max-token-len)"
         )
-        metadata["openpi_family"] = detected.family
+        family = detected.family
     else:
         if args.pi05 is None:
             raise ValueError("a safetensors checkpoint needs --pi0 or --pi05 (JAX checkpoints are detected)")
@@ -83,10 +84,31 @@ def _convert(args: argparse.Namespace) -> int:
             max_token_len=args.max_token_len,
             dtype=dtype,
         )
+        family = "pi05" if args.pi05 else "pi0"
+    metadata["openpi_family"] = family
+    stats_at = args.norm_stats or _assets_beside(args.checkpoint)
+    if stats_at is not None:
+        file, asset_id = find_norm_stats(stats_at, args.asset_id)
+        metadata |= openpi_metadata(
+            file,
+            asset_id,
+            family=family,
+            action_horizon=args.action_horizon,
+            image_keys=model.config.image_keys,
+        )
+        print(f"normalization: {metadata['normalization']}, statistics of {asset_id!r} from {file}")
+    else:
+        print("no norm_stats.json found (--norm-stats): the model has no normalization and cannot act yet")
     tokenizer = PaliGemmaTokenizer(args.tokenizer) if args.tokenizer else None
     out = save_pretrained(args.output, model, tokenizer=tokenizer, metadata=metadata)
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype})")
     return 0
+
+
+def _assets_beside(checkpoint: Path) -> Path | None:
+    """openpi keeps `assets/` next to `params/` (or a converted model.safetensors)."""
+    directory = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    return directory / "assets" if (directory / "assets").is_dir() else None
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -589,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--max-token-len", type=int, help="prompt tokens (default: 48 pi0 / 200 pi0.5)")
     convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
     convert.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model to record with the model")
+    convert.add_argument(
+        "--norm-stats",
+        type=Path,
+        help="openpi's norm_stats.json, its asset directory or an assets/ directory (default: the "
+        "checkpoint's own assets/); quantile normalization for pi0.5 and pi0-FAST, z-score for pi0",
+    )
+    convert.add_argument("--asset-id", help="which asset's statistics, where assets/ holds several")
     convert.set_defaults(run=_convert)
 
     stats = _command(commands, "stats", "normalization statistics of a LeRobot dataset's state and actions")

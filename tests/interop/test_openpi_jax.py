@@ -167,3 +167,87 @@ def test_convert_command_prints_what_it_found(tmp_path):
     from vlaflow.pretrained import load_pretrained
 
     _same_actions(source, load_pretrained(tmp_path / "out").model.eval())
+
+
+# ---------------------------------------------------------------------------- openpi's norm stats
+
+STATE = {"mean": [0.1, -0.2, 0.3], "std": [1.0, 2.0, 0.5], "q01": [-1.0, -3.0, 0.0], "q99": [1.0, 5.0, 0.5]}
+ACTIONS = {"mean": [0.0, 1.0], "std": [0.25, 4.0], "q01": [-0.5, -7.0], "q99": [0.5, 9.0]}
+
+
+def _write_assets(checkpoint, asset_id="my_robot", stats=None):
+    import json
+
+    directory = checkpoint / "assets" / asset_id
+    directory.mkdir(parents=True)
+    (directory / "norm_stats.json").write_text(
+        json.dumps({"norm_stats": stats or {"state": STATE, "actions": ACTIONS}})
+    )
+
+
+@pytest.mark.parametrize("name,mode", [("pi05_tiny", "quantile"), ("pi0_tiny", "zscore")])
+def test_norm_stats_make_the_converted_model_a_policy(tmp_path, name, mode):
+    from vlaflow.inference.policy import Policy
+    from vlaflow.interop.openpi_norm import find_norm_stats, openpi_metadata
+    from vlaflow.pretrained import save_pretrained
+    from vlaflow.tokenizers import EmbeddedTokenizer
+
+    source = _source(name, seed=6)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    _write_assets(tmp_path / "ckpt")
+    model, detected = load_jax_checkpoint(tmp_path / "ckpt", action_horizon=50, max_token_len=64)
+    file, asset_id = find_norm_stats(tmp_path / "ckpt")
+    assert asset_id == "my_robot"
+    metadata = openpi_metadata(
+        file, asset_id, family=detected.family, action_horizon=50, image_keys=model.config.image_keys
+    )
+    save_pretrained(tmp_path / "out", model, tokenizer=EmbeddedTokenizer(), metadata=metadata)
+    policy = Policy.load(tmp_path / "out", num_steps=2)
+    assert policy.action_dim == 2 and policy.stats.state.dim == 3
+    state, action = np.array([0.5, 1.0, 0.25]), np.array([0.5, -0.5])
+    if mode == "quantile":  # openpi: (x - q01) / (q99 - q01 + 1e-6) * 2 - 1 and back
+        expected_state = [
+            (0.5 + 1) / (2 + 1e-6) * 2 - 1,
+            (1 + 3) / (8 + 1e-6) * 2 - 1,
+            0.25 / (0.5 + 1e-6) * 2 - 1,
+        ]
+        expected_action = [(0.5 + 1) / 2 * (1 + 1e-6) - 0.5, (-0.5 + 1) / 2 * (16 + 1e-6) - 7]
+    else:  # openpi: (x - mean) / (std + 1e-6) and back
+        expected_state = [(0.5 - 0.1) / (1 + 1e-6), (1 + 0.2) / (2 + 1e-6), (0.25 - 0.3) / (0.5 + 1e-6)]
+        expected_action = [0.5 * (0.25 + 1e-6), -0.5 * (4 + 1e-6) + 1]
+    np.testing.assert_allclose(policy.state_norm.normalize(state), expected_state, rtol=1e-6)
+    np.testing.assert_allclose(policy.action_norm.unnormalize(action), expected_action, rtol=1e-6)
+    images = {k: np.zeros((112, 112, 3), np.uint8) for k in model.config.image_keys}
+    actions = policy.act({"images": images, "state": state.astype(np.float32), "prompt": "pick"})["actions"]
+    assert actions.shape == (50, 2) and np.isfinite(actions).all()
+
+
+def test_convert_reads_the_assets_beside_params_and_names_bad_files(tmp_path):
+    from vlaflow.pretrained import read_config
+
+    save_released(jax_tree(_source("pi05_tiny", seed=7)), tmp_path / "ckpt")
+    _write_assets(tmp_path / "ckpt")
+    command = [
+        sys.executable,
+        "-m",
+        "vlaflow.cli",
+        "convert",
+        str(tmp_path / "ckpt"),
+        "--max-token-len",
+        "64",
+    ]
+    result = subprocess.run([*command, "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "normalization: quantile, statistics of 'my_robot'" in result.stdout
+    metadata = read_config(tmp_path / "out")["metadata"]
+    assert metadata["normalization"] == "quantile" and metadata["openpi_family"] == "pi05"
+    assert metadata["norm_stats"]["my_robot"]["state"]["q99"] == STATE["q99"]
+    assert metadata["norm_stats"]["my_robot"]["state"]["min"] == [None] * 3  # openpi keeps none
+    _write_assets(tmp_path / "ckpt", "other", {"state": {"mean": [0.0], "std": [1.0]}, "actions": ACTIONS})
+    result = subprocess.run([*command, "--output", str(tmp_path / "o2")], capture_output=True, text=True)
+    assert result.returncode == 2 and "choose one with --asset-id" in result.stderr
+    result = subprocess.run(
+        [*command, "--output", str(tmp_path / "o3"), "--asset-id", "other"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "norm_stats.state lacks ['q01', 'q99']" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -43,7 +43,11 @@ class FeatureStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **{k: getattr(self, k).tolist() for k in ("mean", "std", "min", "max", "q01", "q99")},
+            # NaN (a statistic the source did not record) as null, so the JSON stays standard
+            **{
+                k: [None if np.isnan(v) else v for v in getattr(self, k).tolist()]
+                for k in ("mean", "std", "min", "max", "q01", "q99")
+            },
             "count": self.count,
         }
 
