@@ -55,36 +55,46 @@ def _convert(args: argparse.Namespace) -> int:
     from vlaflow.interop.openpi import load_pytorch_checkpoint
     from vlaflow.interop.openpi_jax import is_orbax_checkpoint, load_jax_checkpoint
     from vlaflow.interop.openpi_norm import find_norm_stats, openpi_metadata
+    from vlaflow.interop.openpi_robots import RobotSettings, robot
     from vlaflow.pretrained import save_pretrained
     from vlaflow.tokenizers import PaliGemmaTokenizer
 
     dtype = getattr(torch, args.dtype)
     metadata: dict[str, Any] = {"converted_from": str(args.checkpoint)}
+    trained = robot(args.robot).settings if args.robot else lambda _family: RobotSettings()
     if is_orbax_checkpoint(args.checkpoint):
         model, detected = load_jax_checkpoint(
-            args.checkpoint, action_horizon=args.action_horizon, max_token_len=args.max_token_len, dtype=dtype
+            args.checkpoint,
+            action_horizon=args.action_horizon,
+            max_token_len=args.max_token_len,
+            settings=trained,
+            dtype=dtype,
         )
         print(f"openpi JAX checkpoint {args.checkpoint}")
         print(detected.summary())
-        print(
-            f"action horizon: {args.action_horizon}, prompt tokens: {model.config.max_token_len} "
-            "(not stored in the weights: --action-horizon / --max-token-len)"
-        )
         family = detected.family
     else:
         if args.pi05 is None:
             raise ValueError("a safetensors checkpoint needs --pi0 or --pi05 (JAX checkpoints are detected)")
+        family = "pi05" if args.pi05 else "pi0"
+        settings = trained(family)
         model = load_pytorch_checkpoint(
             args.checkpoint,
             pi05=args.pi05,
             paligemma_variant=args.paligemma_variant,
             action_expert_variant=args.action_expert_variant,
-            action_horizon=args.action_horizon,
+            action_horizon=args.action_horizon or settings.action_horizon,
             action_dim=args.action_dim,
             max_token_len=args.max_token_len,
+            discrete_state_input=settings.discrete_state_input,
             dtype=dtype,
         )
-        family = "pi05" if args.pi05 else "pi0"
+    config = model.config
+    print(
+        f"action horizon: {config.action_horizon}, prompt tokens: {config.max_token_len}, state in the "
+        f"prompt: {config.discrete_state_input if config.discrete_state_input is not None else config.pi05} "
+        "(not stored in the weights: --action-horizon, --max-token-len, --robot)"
+    )
     metadata["openpi_family"] = family
     stats_at = args.norm_stats or _assets_beside(args.checkpoint)
     if stats_at is not None:
@@ -93,12 +103,18 @@ def _convert(args: argparse.Namespace) -> int:
             file,
             asset_id,
             family=family,
-            action_horizon=args.action_horizon,
-            image_keys=model.config.image_keys,
+            action_horizon=config.action_horizon,
+            image_keys=config.image_keys,
+            delta_action_mask=trained(family).delta_action_mask,
         )
         print(f"normalization: {metadata['normalization']}, statistics of {asset_id!r} from {file}")
+    elif args.robot:
+        raise ValueError(f"--robot {args.robot} needs the robot's norm_stats.json (--norm-stats)")
     else:
         print("no norm_stats.json found (--norm-stats): the model has no normalization and cannot act yet")
+    if args.robot:
+        metadata["robot"] = args.robot
+        print(f"robot: {args.robot} (vlaflow serve takes openpi's {args.robot} client's requests)")
     tokenizer = PaliGemmaTokenizer(args.tokenizer) if args.tokenizer else None
     out = save_pretrained(args.output, model, tokenizer=tokenizer, metadata=metadata)
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype})")
@@ -519,6 +535,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from vlaflow.inference.policy import Policy
     from vlaflow.inference.server import TOKEN_ENV, ServerConfig, server_for_policy
+    from vlaflow.interop.openpi_robots import robot
     from vlaflow.pretrained import read_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -541,7 +558,18 @@ def _serve(args: argparse.Namespace) -> int:
         subtask_every=args.subtask_every,
     )
     metadata = read_config(args.checkpoint)["metadata"]
-    server_for_policy(policy, metadata, config=config, source=args.source, key_map=args.key_map).run()
+    robot_name = args.robot or metadata.get("robot")
+    if robot_name is not None and args.key_map is not None:
+        raise ValueError("--key-map and --robot both rename the client's keys: give one")
+    server_for_policy(
+        policy,
+        metadata,
+        config=config,
+        source=args.source,
+        key_map=args.key_map,
+        robot=robot(robot_name) if robot_name else None,
+        default_prompt=args.default_prompt or metadata.get("serving", {}).get("default_prompt"),
+    ).run()
     return 0
 
 
@@ -606,7 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(pi05=None)
     convert.add_argument("--paligemma-variant", default="gemma_2b", help="VLM size: gemma_2b or dummy")
     convert.add_argument("--action-expert-variant", default="gemma_300m", help="expert: gemma_300m or dummy")
-    convert.add_argument("--action-horizon", type=int, default=50, help="actions per chunk")
+    convert.add_argument(
+        "--action-horizon",
+        type=int,
+        help="actions per chunk (default: the robot's in the reference, else 50)",
+    )
     convert.add_argument("--action-dim", type=int, default=32, help="padded state/action width")
     convert.add_argument("--max-token-len", type=int, help="prompt tokens (default: 48 pi0 / 200 pi0.5)")
     convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
@@ -618,6 +650,11 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint's own assets/); quantile normalization for pi0.5 and pi0-FAST, z-score for pi0",
     )
     convert.add_argument("--asset-id", help="which asset's statistics, where assets/ holds several")
+    convert.add_argument(
+        "--robot",
+        help="libero, droid or aloha: record what the reference trained this robot's models with (delta "
+        "actions, chunk length, state in the prompt) and serve openpi's client for it",
+    )
     convert.set_defaults(run=_convert)
 
     stats = _command(commands, "stats", "normalization statistics of a LeRobot dataset's state and actions")
@@ -830,6 +867,12 @@ def build_parser() -> argparse.ArgumentParser:
         "file, or libero (default: the checkpoint's own, else the dataset's names)",
     )
     serve.add_argument("--source", help="which training dataset's statistics, for a mixture")
+    serve.add_argument(
+        "--robot",
+        help="libero, droid or aloha: take requests and send actions as openpi's example client for "
+        "this robot does (default: the robot a converted checkpoint records)",
+    )
+    serve.add_argument("--default-prompt", help="the prompt of requests that carry none (e.g. ALOHA's)")
     serve.add_argument(
         "--rtc",
         action="store_true",

@@ -25,7 +25,7 @@ when the server runs in oracle mode (`subtask_required`) and ignored otherwise.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,10 @@ def _describe(value: Any) -> str:
 class ServingSpec:
     """The request format of one checkpoint: its training cameras, state and prompt, and the key
     map that renames a client's keys to them; `action_dim` / `action_horizon` bound the shape of
-    `prev_actions` (None: unchecked), and `subtask_required` (oracle mode) makes `subtask` required."""
+    `prev_actions` (None: unchecked), and `subtask_required` (oracle mode) makes `subtask` required.
+    `adapt` first turns another convention's request into these keys (one of openpi's robots,
+    `vlaflow.interop.openpi_robots`); `default_prompt` is used when a request carries none (as
+    openpi's `InjectDefaultPrompt`)."""
 
     cameras: tuple[str, ...]
     state_key: str
@@ -126,6 +129,8 @@ class ServingSpec:
     action_dim: int | None = None
     action_horizon: int | None = None
     subtask_required: bool = False
+    adapt: Callable[[Any], Any] | None = None
+    default_prompt: str | None = None
 
     def __post_init__(self) -> None:
         known = (*self.feature_names, *HINT_KEYS)
@@ -199,6 +204,10 @@ class ServingSpec:
 
     def parse(self, message: Any) -> Request:
         """The observation in a decoded request frame; RequestError names the first problem."""
+        if self.adapt is not None:
+            message = self.adapt(message)
+        if self.default_prompt is not None and isinstance(message, Mapping) and PROMPT_KEY not in message:
+            message = {**message, PROMPT_KEY: self.default_prompt}
         features = self._features(message)
         images = {}
         for camera in self.cameras:

@@ -59,7 +59,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -71,7 +71,10 @@ import vlaflow
 from vlaflow.inference import SESSION_KEY
 from vlaflow.inference.policy import Policy
 from vlaflow.inference.protocol import DecodeError, pack, unpack
-from vlaflow.inference.schema import Request, RequestError, ServingSpec, control_hz
+from vlaflow.inference.schema import DEFAULT_STATE_KEY, Request, RequestError, ServingSpec, control_hz
+
+if TYPE_CHECKING:
+    from vlaflow.interop.openpi_robots import Robot
 
 logger = logging.getLogger(__name__)
 
@@ -636,28 +639,42 @@ def server_for_policy(
     config: ServerConfig | None = None,
     source: str | None = None,
     key_map: str | Mapping[str, str] | None = None,
+    robot: Robot | None = None,
+    default_prompt: str | None = None,
 ) -> PolicyServer:
     """A server for a policy loaded from a training checkpoint (`Policy.load`), whose metadata
     (`read_config(checkpoint)["metadata"]`) supplies the state key, a stored key map and the
-    control frequency. The policy's `rtc` and `mode` are the server's."""
+    control frequency. The policy's `rtc` and `mode` are the server's. `robot`: requests and replies
+    in the convention of one of openpi's example clients (`vlaflow.interop.openpi_robots`);
+    `default_prompt`: the prompt of requests that carry none."""
     model = policy.model.config
     horizon = model.action_horizon
+    action_dim = policy.action_dim
+    cameras = policy.stats.cameras
+    if robot is not None:
+        _check_robot(policy, robot)
+        cameras, key_map, action_dim = {slot: slot for slot in robot.slots}, {}, robot.action_dim
     spec = ServingSpec.from_metadata(
         checkpoint_metadata,
-        cameras=policy.stats.cameras,
+        cameras=cameras,
         state_dim=policy.stats.state.dim,
-        source=source,
+        source=source if robot is None else None,
         key_map=key_map,
-        action_dim=policy.action_dim,
+        action_dim=action_dim,
         action_horizon=horizon,
         subtask_required=policy.mode == "oracle",
+        adapt=robot.request if robot is not None else None,
+        default_prompt=default_prompt,
     )
+    if robot is not None:
+        spec = dataclasses.replace(spec, state_key=DEFAULT_STATE_KEY)
     metadata = {
         "server": "vlaflow",
         "vlaflow_version": vlaflow.__version__,
-        "action_dim": policy.action_dim,
+        "robot": robot.name if robot is not None else None,
+        "action_dim": action_dim,
         "action_horizon": horizon,
-        "actions": {"dtype": "float32", "shape": [horizon, policy.action_dim]},
+        "actions": {"dtype": "float32", "shape": [horizon, action_dim]},
         "control_hz": control_hz(checkpoint_metadata, source),
         "model": {"pi05": model.pi05, "image_size": model.vision.image_size, "num_steps": policy.num_steps},
         # how training saw the robot, so a client (e.g. a simulator) can render the same way
@@ -669,4 +686,29 @@ def server_for_policy(
         "subtask_every": policy.subtask_every if policy.mode == "hierarchical" else None,
     }
     infer = functools.partial(policy.infer_batch, return_info=True)
+    if robot is not None:
+        infer = functools.partial(_robot_actions, infer, robot.outputs)
     return PolicyServer(infer, spec, metadata, config, forget=policy.forget)
+
+
+def _check_robot(policy: Policy, robot: Robot) -> None:
+    """The checkpoint's statistics must have the robot's widths (openpi keeps them unpadded)."""
+    if policy.stats.state.dim != robot.state_dim or policy.action_dim < robot.action_dim:
+        raise ValueError(
+            f"the checkpoint's statistics have a state of {policy.stats.state.dim} and actions of "
+            f"{policy.action_dim} values; openpi's {robot.name} client sends a state of {robot.state_dim} "
+            f"and expects {robot.action_dim} actions (convert with that robot's norm_stats.json)"
+        )
+    if policy.rtc is not None and robot.name == "aloha":
+        raise ValueError(
+            "real-time chunking's hints are in ALOHA units, not the model's: no --rtc with aloha"
+        )
+
+
+def _robot_actions(
+    infer: Callable[[list[dict[str, Any]]], tuple[list[np.ndarray], list[dict[str, Any]]]],
+    outputs: Callable[[np.ndarray], np.ndarray],
+    observations: list[dict[str, Any]],
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    actions, infos = infer(observations)
+    return [outputs(np.asarray(chunk)) for chunk in actions], infos

@@ -151,6 +151,7 @@ def load_pytorch_checkpoint(
     action_horizon: int = 50,
     action_dim: int = 32,
     max_token_len: int | None = None,
+    discrete_state_input: bool | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> VLA:
@@ -165,7 +166,7 @@ def load_pytorch_checkpoint(
         action_horizon=action_horizon,
         action_dim=action_dim,
         max_token_len=max_token_len,
-    )
+    ).replace(discrete_state_input=discrete_state_input)
     with torch.device("meta"):
         model = VLA(config)
     load_reference_weights(model, path, dtype=dtype, device=device)

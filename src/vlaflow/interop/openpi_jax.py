@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlaflow.interop.openpi_robots import RobotSettings
 from vlaflow.models import VLA, GemmaConfig, SiglipConfig, VLAConfig
 
 EXTRA_HINT = 'reading openpi JAX checkpoints needs orbax: pip install "vlaflow[openpi]"'
@@ -146,8 +147,11 @@ class Detected:
         lines.append(f"stored dtype: {self.dtype}")
         return "\n".join(lines)
 
-    def config(self, *, action_horizon: int, max_token_len: int | None) -> VLAConfig:
-        """The model config; chunk length and prompt length are not in the weights."""
+    def config(
+        self, *, action_horizon: int, max_token_len: int | None, discrete_state_input: bool | None = None
+    ) -> VLAConfig:
+        """The model config; chunk length, prompt length and the state in the prompt are not in the
+        weights."""
         pi05 = self.family == "pi05"
         return VLAConfig(
             vision=self.vision,
@@ -158,6 +162,7 @@ class Detected:
             action_dim=self.action_dim or 32,
             action_horizon=action_horizon,
             max_token_len=max_token_len if max_token_len is not None else (200 if pi05 else 48),
+            discrete_state_input=discrete_state_input,
         )
 
 
@@ -343,20 +348,29 @@ def to_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 def load_jax_checkpoint(
     path: str | Path,
     *,
-    action_horizon: int = 50,
+    action_horizon: int | None = None,
     max_token_len: int | None = None,
+    settings: Callable[[str], RobotSettings] | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[VLA, Detected]:
-    """A `VLA` with the weights of an openpi JAX checkpoint, and what was detected in it."""
+    """A `VLA` with the weights of an openpi JAX checkpoint, and what was detected in it.
+    `settings(family)`: what the model was trained with (a robot's, `Robot.settings`); an explicit
+    `action_horizon` wins over it."""
     from vlaflow.interop.openpi import load_reference_tensors
 
     params = read_params(path)
     detected = detect(params)
     tensors = reference_tensors(params, detected)
     del params
+    trained = settings(detected.family) if settings is not None else RobotSettings()
+    config = detected.config(
+        action_horizon=action_horizon or trained.action_horizon,
+        max_token_len=max_token_len,
+        discrete_state_input=trained.discrete_state_input,
+    )
     with torch.device("meta"):
-        model = VLA(detected.config(action_horizon=action_horizon, max_token_len=max_token_len))
+        model = VLA(config)
     load_reference_tensors(
         model,
         {name: (tuple(array.shape), lambda a=array: to_torch(a, dtype)) for name, array in tensors.items()},

@@ -88,13 +88,31 @@ def read_norm_stats(file: str | Path, mode: Mode) -> tuple[FeatureStats, Feature
 
 
 def openpi_metadata(
-    file: str | Path, asset_id: str, *, family: str, action_horizon: int, image_keys: Sequence[str]
+    file: str | Path,
+    asset_id: str,
+    *,
+    family: str,
+    action_horizon: int,
+    image_keys: Sequence[str],
+    delta_action_mask: tuple[bool, ...] | None = None,
 ) -> dict[str, Any]:
     """Metadata entries that make a converted model a policy: its normalization mode and statistics
-    under the asset id, with each camera named by its model slot."""
+    under the asset id, with each camera named by its model slot; `delta_action_mask`: the actions
+    the model predicts relative to the state (statistics of those are of the differences)."""
     mode = openpi_normalization(family)
     state, actions = read_norm_stats(file, mode)
+    if delta_action_mask is not None:  # openpi's masks may stop short: the rest is absolute
+        if len(delta_action_mask) > actions.dim:
+            raise ValueError(
+                f"{file}: actions have {actions.dim} values, the robot's delta-action mask "
+                f"{len(delta_action_mask)}"
+            )
+        delta_action_mask = (*delta_action_mask, *(False,) * (actions.dim - len(delta_action_mask)))
     source = SourceStats(
-        state=state, actions=actions, action_horizon=action_horizon, cameras={k: k for k in image_keys}
+        state=state,
+        actions=actions,
+        action_horizon=action_horizon,
+        delta_action_mask=delta_action_mask,
+        cameras={k: k for k in image_keys},
     )
     return {"normalization": mode, "norm_stats": {asset_id: source.to_dict()}}
