@@ -81,7 +81,7 @@ def _libero(message: Mapping[str, Any]) -> dict[str, Any]:
     return {
         BASE: parse_image("observation/image", _require(message, "observation/image")),
         LEFT_WRIST: parse_image("observation/wrist_image", _require(message, "observation/wrist_image")),
-        DEFAULT_STATE_KEY: _vector("observation/state", _require(message, "observation/state")),
+        DEFAULT_STATE_KEY: _vector("observation/state", _require(message, "observation/state"), 8),
         **_passthrough(message, used),
     }
 
