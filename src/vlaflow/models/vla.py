@@ -155,15 +155,19 @@ class VLA(nn.Module):
         what the reference keeps there: the norms (adaRMS modulations included), the vision
         patch/position embeddings, and the flow heads around the transformer (action in/out
         projections, the time MLPs, pi0's state projection), so the adaRMS condition and the
-        velocity are computed in float32."""
-        self.to(dtype)
+        velocity are computed in float32. The kept weights are never rounded through `dtype`."""
+        kept = [m for m in self.modules() if isinstance(m, RMSNorm | AdaRMSNorm)]
+        kept += [getattr(self, name) for name in FLOAT32_HEADS if hasattr(self, name)]
+        kept.append(self.vision.patch_embed)
+        kept_ids = {id(m) for top in kept for m in top.modules()}
         for module in self.modules():
-            if isinstance(module, RMSNorm | AdaRMSNorm):
+            if id(module) in kept_ids:
                 module.float()
-        for name in FLOAT32_HEADS:
-            if hasattr(self, name):
-                getattr(self, name).float()
-        self.vision.patch_embed.float()
+                continue
+            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+                if tensor is None or not tensor.is_floating_point() or tensor is self.vision.pos_embed:
+                    continue
+                tensor.data = tensor.data.to(dtype)
         self.vision.pos_embed.data = self.vision.pos_embed.data.float()
         return self
 
