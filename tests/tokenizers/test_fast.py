@@ -279,6 +279,11 @@ def test_fit_from_datasets_reports_on_held_out_episodes(lerobot_dataset, tmp_pat
         "fast_config.json",
         "norm_stats.json",
         "fit_report.json",
+        # the public FAST processor's files (`AutoProcessor.from_pretrained`)
+        "processor_config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "processing_action_tokenizer.py",
     }
     stats = load_stats(tmp_path / "fast" / "norm_stats.json")["arm"]
     assert stats.action_horizon == 10 and stats.actions.dim == 3
@@ -298,3 +303,20 @@ def test_fast_fit_command_end_to_end(lerobot_dataset, tmp_path, capsys):
     assert main([*args, "--vocab-size", "4"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("vlaflow fast: error: vocab_size=4") and error.count("\n") == 1
+
+
+def test_a_saved_tokenizer_loads_as_the_public_processor(tmp_path):
+    """`AutoProcessor.from_pretrained(DIR, trust_remote_code=True)` (what users of the public FAST
+    processor call) loads a tokenizer vlaflow fitted: the same ids, the same decoded chunks."""
+    auto = pytest.importorskip("transformers").AutoProcessor
+    tok = FastTokenizer.fit(smooth_chunks(300, seed=8), vocab_size=300)
+    tok.save(tmp_path / "fitted")
+    processor = auto.from_pretrained(str(tmp_path / "fitted"), trust_remote_code=True)
+    assert type(processor).__name__ == "UniversalActionProcessor"
+    chunks = smooth_chunks(6, seed=9)
+    ids = processor(chunks)
+    assert ids == tok.encode(chunks)
+    ours, ok = tok.decode(ids)
+    assert ok.all()
+    np.testing.assert_allclose(processor.decode(ids), ours, atol=1e-6)
+    assert FastTokenizer.load(tmp_path / "fitted").encode(chunks) == ids  # our own loader still reads it

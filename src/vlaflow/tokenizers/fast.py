@@ -29,6 +29,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from vlaflow.tokenizers.base import Tokenizer
 CONFIG_FILE = "fast_config.json"
 BPE_FILE = "tokenizer.json"
 PUBLIC_CONFIG_FILE = "processor_config.json"
+PROCESSOR_MODULE, PROCESSOR_CLASS = "processing_action_tokenizer", "UniversalActionProcessor"
 CONFIG_FORMAT = "vlaflow-fast"
 # Characters up to the first UTF-16 surrogate: every value below it is a valid `str` character.
 MAX_VALUES = 0xD800
@@ -215,10 +217,29 @@ class FastTokenizer:
         return actions, ok
 
     def save(self, directory: str | Path) -> Path:
-        """Write `tokenizer.json` (the BPE) and `fast_config.json` to a directory."""
+        """Write `tokenizer.json` (the BPE) and `fast_config.json` to a directory, with the public
+        FAST processor's files (`processor_config.json`, `tokenizer_config.json` and the processor's
+        code), so `transformers.AutoProcessor.from_pretrained(directory, trust_remote_code=True)`
+        loads it too."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.bpe.save(str(directory / BPE_FILE))
+        public = {
+            "action_dim": self.action_dim,
+            "auto_map": {"AutoProcessor": f"{PROCESSOR_MODULE}.{PROCESSOR_CLASS}"},
+            "max_token": self.max_token,
+            "min_token": self.min_token,
+            "processor_class": PROCESSOR_CLASS,
+            "scale": self.scale,
+            "time_horizon": self.action_horizon,
+            "vocab_size": self.vocab_size,
+        }
+        (directory / PUBLIC_CONFIG_FILE).write_text(json.dumps(public, indent=2) + "\n")
+        tokenizer_config = {"processor_class": PROCESSOR_CLASS, "tokenizer_class": "PreTrainedTokenizerFast"}
+        (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+        (directory / "special_tokens_map.json").write_text("{}\n")
+        code = resources.files("vlaflow.tokenizers").joinpath(f"{PROCESSOR_MODULE}.py").read_text()
+        (directory / f"{PROCESSOR_MODULE}.py").write_text(code)
         config = {
             "format": CONFIG_FORMAT,
             "scale": self.scale,
