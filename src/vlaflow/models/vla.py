@@ -164,7 +164,7 @@ class VLA(nn.Module):
             if id(module) in kept_ids:
                 module.float()
                 continue
-            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            for tensor in [*module._parameters.values(), *module._buffers.values()]:
                 if tensor is None or not tensor.is_floating_point() or tensor is self.vision.pos_embed:
                     continue
                 tensor.data = tensor.data.to(dtype)
