@@ -1,6 +1,6 @@
 """The kinds of samples one training run mixes, drawn from each dataset directory it is given.
 
-π0.5 co-trains one model on heterogeneous data (../shared/spec/pi05-recipe.md). Each dataset yields
+π0.5 co-trains one model on heterogeneous data. Each dataset yields
 up to four kinds, each one source of the mixture with its own weight (default: its number of samples
 ** 0.43, as in the π0 paper):
 

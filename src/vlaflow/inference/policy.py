@@ -14,7 +14,7 @@ sequence that does not decode to a whole chunk is never silently turned into act
 repeats its last decoded chunk (the mean action, normalized zero, before it has one), counts the
 failure in `fast_failures` and logs it.
 
-Hierarchical pi0.5 (`mode`, ../shared/spec/pi05-recipe.md): `hierarchical` decodes the subtask
+Hierarchical pi0.5 (`mode`): `hierarchical` decodes the subtask
 ("Subtask: ..." after the prompt, KV-cached) every `subtask_every` chunks and samples each chunk
 conditioned on it, as training conditioned robot frames on their subtask; `oracle` takes it from
 the observation's "subtask"; `implicit` (the default) decodes nothing: the prompt alone conditions

@@ -1,4 +1,4 @@
-"""Real-time chunking (RTC; Black et al. 2025, ../shared/spec/pi05-recipe.md): sample the next action
+"""Real-time chunking (RTC; Black et al. 2025): sample the next action
 chunk while the current one is still executing, so that it joins the current one smoothly.
 
 The next chunk is started from an observation taken when s actions of the current chunk A_prev have

@@ -19,7 +19,7 @@ Expert segments may carry a *group* (1, 2, ...): tokens of different groups neve
 and each group takes the positions it would have alone, so one prefix can condition several
 independent suffixes in one pass (several flow-matching draws per training sample).
 
-The full pi0.5 layout (../shared/spec/pi05-recipe.md) is then just a segment list:
+The full pi0.5 layout is then just a segment list:
 
     [IMAGE]* [PROMPT (+ discretized state)] [TEXT_TARGET (subtask)] [FAST] [ACTION]
 
