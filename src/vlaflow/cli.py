@@ -53,26 +53,46 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from vlaflow.interop.openpi import load_pytorch_checkpoint
-    from vlaflow.interop.openpi_jax import is_orbax_checkpoint, load_jax_checkpoint
+    from vlaflow.interop.openpi_jax import (
+        DEFAULT_FAST_ACTION_DIM,
+        MAX_REFERENCE_FAST_TOKENS,
+        is_orbax_checkpoint,
+        load_jax_checkpoint,
+    )
     from vlaflow.interop.openpi_norm import find_norm_stats, openpi_metadata
     from vlaflow.interop.openpi_robots import RobotSettings, robot
-    from vlaflow.pretrained import save_pretrained
-    from vlaflow.tokenizers import PaliGemmaTokenizer
+    from vlaflow.pretrained import FAST_TOKENIZER_DIR, save_pretrained
+    from vlaflow.tokenizers import FastTokenizer, PaliGemmaTokenizer
+    from vlaflow.tokenizers.fast import CONFIG_FILE as FAST_CONFIG_FILE
 
     dtype = getattr(torch, args.dtype)
     metadata: dict[str, Any] = {"converted_from": str(args.checkpoint)}
-    trained = robot(args.robot).settings if args.robot else lambda _family: RobotSettings()
+    trained = robot(args.robot).settings if args.robot else RobotSettings.default
+    fast = None
+    if args.fast_tokenizer:  # pi0-FAST: its tokenizer decodes chunks of the reference's shape
+        fast_settings = trained("pi0_fast")
+        recorded = (args.fast_tokenizer / FAST_CONFIG_FILE).is_file()  # ours records its chunk shape
+        fast = FastTokenizer.load(
+            args.fast_tokenizer,
+            action_horizon=args.action_horizon or (None if recorded else fast_settings.action_horizon),
+            action_dim=args.action_dim
+            or (None if recorded else fast_settings.fast_action_dim or DEFAULT_FAST_ACTION_DIM),
+        )
     if is_orbax_checkpoint(args.checkpoint):
         model, detected = load_jax_checkpoint(
             args.checkpoint,
-            action_horizon=args.action_horizon,
+            action_horizon=fast.action_horizon if fast else args.action_horizon,
             max_token_len=args.max_token_len,
             settings=trained,
+            action_dim=fast.action_dim if fast else args.action_dim,
+            fast_vocab_size=fast.vocab_size if fast else None,
             dtype=dtype,
         )
         print(f"openpi JAX checkpoint {args.checkpoint}")
         print(detected.summary())
         family = detected.family
+        if fast is not None and family != "pi0_fast":
+            raise ValueError(f"--fast-tokenizer is for pi0-FAST checkpoints; this one is {family}")
     else:
         if args.pi05 is None:
             raise ValueError("a safetensors checkpoint needs --pi0 or --pi05 (JAX checkpoints are detected)")
@@ -84,7 +104,7 @@ def _convert(args: argparse.Namespace) -> int:
             paligemma_variant=args.paligemma_variant,
             action_expert_variant=args.action_expert_variant,
             action_horizon=args.action_horizon or settings.action_horizon,
-            action_dim=args.action_dim,
+            action_dim=args.action_dim or 32,
             max_token_len=args.max_token_len,
             discrete_state_input=settings.discrete_state_input,
             dtype=dtype,
@@ -115,8 +135,15 @@ def _convert(args: argparse.Namespace) -> int:
     if args.robot:
         metadata["robot"] = args.robot
         print(f"robot: {args.robot} (vlaflow serve takes openpi's {args.robot} client's requests)")
+    if fast is not None:  # openpi decodes up to 256 tokens
+        metadata["train_config"] = {"max_fast_tokens": MAX_REFERENCE_FAST_TOKENS}
     tokenizer = PaliGemmaTokenizer(args.tokenizer) if args.tokenizer else None
     out = save_pretrained(args.output, model, tokenizer=tokenizer, metadata=metadata)
+    if fast is not None:
+        fast.save(out / FAST_TOKENIZER_DIR)
+        print(
+            f"FAST tokenizer: vocabulary {fast.vocab_size}, chunks {fast.action_horizon} x {fast.action_dim}"
+        )
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, {args.dtype})")
     return 0
 
@@ -639,8 +666,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="actions per chunk (default: the robot's in the reference, else 50)",
     )
-    convert.add_argument("--action-dim", type=int, default=32, help="padded state/action width")
-    convert.add_argument("--max-token-len", type=int, help="prompt tokens (default: 48 pi0 / 200 pi0.5)")
+    convert.add_argument(
+        "--action-dim", type=int, help="padded state/action width (default 32; pi0-FAST: the robot's)"
+    )
+    convert.add_argument(
+        "--fast-tokenizer",
+        type=Path,
+        help="a pi0-FAST checkpoint's FAST tokenizer: a local copy of physical-intelligence/fast or a "
+        "vlaflow FAST tokenizer directory",
+    )
+    convert.add_argument(
+        "--max-token-len", type=int, help="prompt tokens (default: 48 pi0 / 200 pi0.5 / 250 pi0-FAST)"
+    )
     convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
     convert.add_argument("--tokenizer", type=Path, help="PaliGemma tokenizer.model to record with the model")
     convert.add_argument(

@@ -23,7 +23,7 @@ from vlaflow.data.mixture import WebSamples, frame_kinds
 from vlaflow.data.pipeline import ActionTokens, Source, SourceConfig, TrainingSamples, collate
 from vlaflow.data.sampling import SampleKey, StepSampler, mixture_weights
 from vlaflow.models import preset
-from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer
+from vlaflow.tokenizers import EmbeddedTokenizer, FastIdRange, FastTokenizer
 from vlaflow.tokenizers.prompts import high_level_text, prompt_token_ids
 from vlaflow.training.configs import TrainConfig
 from vlaflow.training.losses import batch_targets
@@ -88,7 +88,7 @@ def mixed(tmp_path_factory):
     entries = frame_kinds(source, FRAME_KINDS, subtask_targets=True)
     entries.append(WebSamples(root, MODEL, source.cameras))
     fast = FastTokenizer.fit(source.normalized_chunks(), vocab_size=64)
-    tokens = ActionTokens(fast=fast, offset=MODEL.vocab_size, max_len=32)
+    tokens = ActionTokens(fast=fast, ids=FastIdRange(MODEL.vocab_size, fast.vocab_size), max_len=32)
     samples = TrainingSamples(
         entries, TOKENIZER, augment=False, seed=0, action_tokens=tokens, text_len=TEXT_LEN
     )
@@ -207,7 +207,7 @@ def test_a_narrower_robots_fast_target_is_its_chunk_zero_padded():
     """One FAST tokenizer serves robots of different action sizes (fitted on padded chunks)."""
     rng = np.random.default_rng(0)
     fast = FastTokenizer.fit(np.clip(rng.normal(0, 0.3, (64, 4, 3)), -1, 1), vocab_size=64)
-    tokens = ActionTokens(fast=fast, offset=MODEL.vocab_size, max_len=64)
+    tokens = ActionTokens(fast=fast, ids=FastIdRange(MODEL.vocab_size, fast.vocab_size), max_len=64)
     chunk = np.clip(rng.normal(0, 0.3, (4, 2)), -1, 1)
     ids, mask = tokens.target(TOKENIZER, chunk)
     fast_ids = [i - MODEL.vocab_size for i in ids[mask] if i >= MODEL.vocab_size]

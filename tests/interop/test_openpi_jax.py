@@ -251,3 +251,102 @@ def test_convert_reads_the_assets_beside_params_and_names_bad_files(tmp_path):
     )
     assert result.returncode == 2 and "norm_stats.state lacks ['q01', 'q99']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- pi0-FAST from openpi
+
+
+def _pi0_fast_checkpoint(tmp_path):
+    """A tiny pi0-FAST orbax checkpoint (openpi's layout: FAST ids on the text vocabulary's last
+    ids, no rows of their own), its FAST tokenizer and 7-dim statistics."""
+    from vlaflow.tokenizers import FastTokenizer
+
+    source = _source("pi0fast_tiny", seed=9)
+    source = VLA(source.config.replace(fast_ids="reference"))
+    randomize_(source)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    _write_assets(tmp_path / "ckpt")
+    t = np.linspace(0, 1, 10)[None, :, None]
+    rng = np.random.default_rng(0)
+    chunks = np.sin(2 * np.pi * (t * rng.uniform(0.5, 2, (300, 1, 2)) + rng.uniform(0, 1, (300, 1, 2))))
+    fast = FastTokenizer.fit(chunks, vocab_size=200)
+    fast.save(tmp_path / "fast")
+    return source.eval(), fast
+
+
+def test_pi0_fast_converts_with_the_reference_id_layout_and_decodes_with_it(tmp_path):
+    from vlaflow.inference.policy import Policy
+    from vlaflow.interop.openpi_norm import find_norm_stats, openpi_metadata
+    from vlaflow.models.vla import Generation
+    from vlaflow.pretrained import FAST_TOKENIZER_DIR, save_pretrained
+    from vlaflow.tokenizers import EmbeddedTokenizer, FastIdRange
+
+    source, fast = _pi0_fast_checkpoint(tmp_path)
+    model, detected = load_jax_checkpoint(
+        tmp_path / "ckpt", action_horizon=10, action_dim=2, fast_vocab_size=fast.vocab_size, max_token_len=64
+    )
+    assert detected.family == "pi0_fast" and model.config.fast_ids == "reference" and model.config.pi05
+    assert model.config.embedding_rows == source.config.vocab_size
+    for (key, a), b in zip(source.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    file, asset = find_norm_stats(tmp_path / "ckpt")
+    metadata = openpi_metadata(
+        file, asset, family="pi0_fast", action_horizon=10, image_keys=model.config.image_keys
+    )
+    save_pretrained(tmp_path / "out", model, tokenizer=EmbeddedTokenizer(), metadata=metadata)
+    fast.save(tmp_path / "out" / FAST_TOKENIZER_DIR)
+    policy = Policy.load(tmp_path / "out", num_steps=2)
+
+    chunk = np.sin(np.linspace(0, 3, 20)).reshape(10, 2)
+    fast_ids = fast.encode(chunk)[0]
+    vlm_ids = FastIdRange.for_model(model.config).to_vlm(fast_ids)
+    assert all(i == model.config.vocab_size - 1 - 128 - k for i, k in zip(vlm_ids, fast_ids, strict=True))
+    bar = EmbeddedTokenizer().encode("|")
+    tokens = torch.tensor([vlm_ids + bar])
+    policy.decoder.generate = lambda *a, **k: Generation(
+        tokens=tokens, lengths=torch.tensor([tokens.shape[1]])
+    )
+    images = {k: np.zeros((112, 112, 3), np.uint8) for k in model.config.image_keys}
+    actions = policy.act({"images": images, "state": np.zeros(3, np.float32), "prompt": "Pick"})["actions"]
+    expected = policy.action_norm.unnormalize(fast.decode([fast_ids])[0][0])
+    np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-6)
+    assert policy.fast_failures == 0
+
+
+def test_convert_pi0_fast_needs_its_tokenizer_and_records_it(tmp_path):
+    _, fast = _pi0_fast_checkpoint(tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "vlaflow.cli",
+        "convert",
+        str(tmp_path / "ckpt"),
+        "--max-token-len",
+        "64",
+    ]
+    result = subprocess.run([*command, "--output", str(tmp_path / "o1")], capture_output=True, text=True)
+    assert result.returncode == 2 and "--fast-tokenizer" in result.stderr
+    result = subprocess.run(
+        [
+            *command,
+            "--output",
+            str(tmp_path / "o2"),
+            "--fast-tokenizer",
+            str(tmp_path / "fast"),
+            "--action-horizon",
+            "10",
+            "--action-dim",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "family: pi0_fast" in result.stdout
+        and f"vocabulary {fast.vocab_size}, chunks 10 x 2" in result.stdout
+    )
+    from vlaflow.pretrained import read_config
+
+    config = read_config(tmp_path / "o2")
+    assert config["model"]["fast_ids"] == "reference" and (tmp_path / "o2" / "fast_tokenizer").is_dir()

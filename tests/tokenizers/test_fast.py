@@ -320,3 +320,32 @@ def test_a_saved_tokenizer_loads_as_the_public_processor(tmp_path):
     assert ok.all()
     np.testing.assert_allclose(processor.decode(ids), ours, atol=1e-6)
     assert FastTokenizer.load(tmp_path / "fitted").encode(chunks) == ids  # our own loader still reads it
+
+
+def test_the_reference_fast_layout_counts_down_from_below_paligemmas_last_128_ids():
+    from vlaflow.models import reference_config
+
+    config = reference_config(pi05=True).replace(expert=None, fast_vocab_size=1024, fast_ids="reference")
+    ids = FastIdRange.for_model(config)
+    # openpi: paligemma vocab_size - 1 - 128 - k
+    assert ids.to_vlm([0, 1, 1023]) == [257_152 - 1 - 128, 257_152 - 2 - 128, 257_152 - 1 - 128 - 1023]
+    assert ids.to_fast(ids.to_vlm([5, 700])) == [5, 700]
+    assert 257_023 in ids and 257_024 not in ids and 257_023 - 1024 not in ids
+    assert config.embedding_rows == 257_152  # no rows of its own
+    with pytest.raises(ValueError, match="outside the FAST range"):
+        ids.to_fast([257_024])
+    appended = FastIdRange.for_model(config.replace(fast_ids="appended"))
+    assert appended.to_vlm([0]) == [257_152] and config.replace(fast_ids="appended").embedding_rows == 258_176
+
+
+def test_the_reference_fast_prompt_is_lower_cased():
+    from vlaflow.models import preset
+    from vlaflow.tokenizers import model_prompt
+
+    config = preset("pi0fast_tiny")
+    state = np.zeros(3)
+    ours = model_prompt(config, EmbeddedTokenizer(), "Pick UP the Cup", state)
+    reference_config = config.replace(fast_ids="reference")
+    reference = model_prompt(reference_config, EmbeddedTokenizer(), "Pick UP the Cup", state)
+    lower = model_prompt(config, EmbeddedTokenizer(), "pick up the cup", state)
+    assert not np.array_equal(ours[0], reference[0]) and np.array_equal(reference[0], lower[0])

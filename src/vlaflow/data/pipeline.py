@@ -39,7 +39,7 @@ from vlaflow.data.stats import (
 )
 from vlaflow.data.transforms import pad_to_dim, resize_with_pad, to_model_range
 from vlaflow.models import Observation, VLAConfig
-from vlaflow.tokenizers import FastTokenizer, Tokenizer, action_target_ids, model_prompt
+from vlaflow.tokenizers import FastIdRange, FastTokenizer, Tokenizer, action_target_ids, model_prompt
 from vlaflow.tokenizers.prompts import high_level_text, pad_tokens, subtask_text, text_target
 
 
@@ -344,12 +344,12 @@ def normalized_action_chunks(
 
 @dataclass(frozen=True)
 class ActionTokens:
-    """How a sample's normalized action chunk becomes its FAST target: FAST ids shifted by
-    `offset` (the text vocabulary's size) into the VLM vocabulary, as "Action: " ids "|" EOS,
+    """How a sample's normalized action chunk becomes its FAST target: FAST ids placed among the VLM's
+    ids (`ids`: after the text vocabulary, or the reference's layout), as "Action: " ids "|" EOS,
     padded to `max_len` (a longer target is cut, with a warning)."""
 
     fast: FastTokenizer
-    offset: int
+    ids: FastIdRange
     max_len: int
 
     def target(self, tokenizer: Tokenizer, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +359,7 @@ class ActionTokens:
             raise ValueError(f"action chunk of {chunk.shape[-1]} dims; the FAST tokenizer has {dims}")
         padded = np.pad(chunk, ((0, 0), (0, dims - chunk.shape[-1])))
         fast_ids = self.fast.encode(padded)[0]
-        ids = action_target_ids(tokenizer, [self.offset + i for i in fast_ids])
+        ids = action_target_ids(tokenizer, self.ids.to_vlm(fast_ids))
         return pad_tokens(ids, self.max_len, what="FAST target", setting="max_fast_tokens")
 
 

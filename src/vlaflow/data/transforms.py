@@ -93,7 +93,9 @@ def build_observation(
     state: ArrayLike,
     prompts: Sequence[str],
 ) -> Observation:
-    """One batch: `state` (B, N) already normalized (N <= action_dim), one prompt per sample."""
+    """One batch: `state` (B, N) already normalized (N <= action_dim, except for a model without an
+    action expert, which reads the state from its prompt only: openpi's LIBERO pi0-FAST has an
+    8-value state and 7 actions), one prompt per sample."""
     state = as_tensor(state).float()
     if state.ndim != 2:
         raise ValueError(f"state: expected (B, N) normalized state, got {tuple(state.shape)}")
@@ -108,7 +110,9 @@ def build_observation(
     return Observation(
         images=model_images,
         image_masks=masks,
-        state=pad_to_dim(state, config.action_dim, "state"),
+        state=pad_to_dim(
+            state if config.expert else state[:, : config.action_dim], config.action_dim, "state"
+        ),
         tokenized_prompt=torch.from_numpy(np.stack(tokens)),
         tokenized_prompt_mask=torch.from_numpy(np.stack(token_masks)),
     )

@@ -48,7 +48,7 @@ from vlaflow.inference.engine import DecodingEngine, SamplingEngine, policy_opti
 from vlaflow.inference.rtc import RTCConfig, policy_guidance, sample_guided
 from vlaflow.models import VLA, Observation
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
-from vlaflow.tokenizers import FastTokenizer, Tokenizer
+from vlaflow.tokenizers import FastIdRange, FastTokenizer, Tokenizer
 from vlaflow.tokenizers.prompts import ACTION_START, SUBTASK_START, subtask_text, text_target
 
 
@@ -303,11 +303,11 @@ class Policy:
             eos_id=self.tokenizer.eos_id,
             forced=self.tokenizer.encode(ACTION_START),
         )
-        sequences = []
+        sequences, fast_ids = [], FastIdRange.for_model(c)
         for row, length in zip(out.tokens.tolist(), out.lengths.tolist(), strict=True):
             ids = row[:length]
-            end = next((i for i, t in enumerate(ids) if not c.vocab_size <= t < c.embedding_rows), len(ids))
-            sequences.append([t - c.vocab_size for t in ids[:end]])
+            end = next((i for i, t in enumerate(ids) if t not in fast_ids), len(ids))  # "|" ends them
+            sequences.append(fast_ids.to_fast(ids[:end]))
         chunks, ok = self.fast.decode(sequences)
         chunks = chunks[..., : self.action_dim]
         if not ok.all():

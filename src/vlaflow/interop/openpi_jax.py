@@ -34,6 +34,9 @@ from vlaflow.models import VLA, GemmaConfig, SiglipConfig, VLAConfig
 EXTRA_HINT = 'reading openpi JAX checkpoints needs orbax: pip install "vlaflow[openpi]"'
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "checkpoint")  # a PyTree item (not a step's own metadata)
 
+DEFAULT_FAST_ACTION_DIM = 32  # openpi's Pi0FASTConfig defaults
+DEFAULT_FAST_PROMPT_TOKENS = 250
+MAX_REFERENCE_FAST_TOKENS = 256  # openpi's pi0-FAST decodes at most this many tokens
 _PG = "paligemma_with_expert.paligemma.model."
 _VISION = _PG + "vision_tower.vision_model."
 _STACK_PREFIX = {0: _PG + "language_model.", 1: "paligemma_with_expert.gemma_expert.model."}
@@ -148,10 +151,35 @@ class Detected:
         return "\n".join(lines)
 
     def config(
-        self, *, action_horizon: int, max_token_len: int | None, discrete_state_input: bool | None = None
+        self,
+        *,
+        action_horizon: int,
+        max_token_len: int | None,
+        discrete_state_input: bool | None = None,
+        action_dim: int | None = None,
+        fast_vocab_size: int | None = None,
     ) -> VLAConfig:
-        """The model config; chunk length, prompt length and the state in the prompt are not in the
-        weights."""
+        """The model config; chunk length, prompt length, the state in the prompt and, for pi0-FAST,
+        the action width and the FAST vocabulary (its tokenizer's) are not in the weights. pi0-FAST
+        keeps openpi's layout: FAST ids on PaliGemma's `<loc>` ids, the state in a lower-cased prompt."""
+        if self.family == "pi0_fast":
+            if not fast_vocab_size:
+                raise ValueError(
+                    "a pi0-FAST checkpoint acts through its FAST tokenizer: give it (--fast-tokenizer DIR, "
+                    "e.g. a local copy of physical-intelligence/fast)"
+                )
+            return VLAConfig(
+                vision=self.vision,
+                vlm=self.vlm,
+                expert=None,
+                pi05=True,  # the state is written into the prompt, as in openpi's pi0-FAST
+                vocab_size=self.vocab_size,
+                fast_vocab_size=fast_vocab_size,
+                fast_ids="reference",
+                action_dim=action_dim or DEFAULT_FAST_ACTION_DIM,
+                action_horizon=action_horizon,
+                max_token_len=max_token_len if max_token_len is not None else DEFAULT_FAST_PROMPT_TOKENS,
+            )
         pi05 = self.family == "pi05"
         return VLAConfig(
             vision=self.vision,
@@ -351,23 +379,28 @@ def load_jax_checkpoint(
     action_horizon: int | None = None,
     max_token_len: int | None = None,
     settings: Callable[[str], RobotSettings] | None = None,
+    action_dim: int | None = None,
+    fast_vocab_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[VLA, Detected]:
     """A `VLA` with the weights of an openpi JAX checkpoint, and what was detected in it.
     `settings(family)`: what the model was trained with (a robot's, `Robot.settings`); an explicit
-    `action_horizon` wins over it."""
+    `action_horizon` / `action_dim` wins over it. `action_dim` and `fast_vocab_size` (its FAST
+    tokenizer's) matter only for pi0-FAST."""
     from vlaflow.interop.openpi import load_reference_tensors
 
     params = read_params(path)
     detected = detect(params)
     tensors = reference_tensors(params, detected)
     del params
-    trained = settings(detected.family) if settings is not None else RobotSettings()
+    trained = settings(detected.family) if settings is not None else RobotSettings.default(detected.family)
     config = detected.config(
         action_horizon=action_horizon or trained.action_horizon,
         max_token_len=max_token_len,
         discrete_state_input=trained.discrete_state_input,
+        action_dim=action_dim or trained.fast_action_dim,
+        fast_vocab_size=fast_vocab_size,
     )
     with torch.device("meta"):
         model = VLA(config)

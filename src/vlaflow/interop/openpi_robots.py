@@ -185,6 +185,7 @@ class Robot:
     delta_action_mask: Mapping[str, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
     action_horizon: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per family
     discrete_state_input: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # per family
+    fast_action_dim: int | None = None  # pi0-FAST's action width in the reference's configs
 
     def request(self, message: Any) -> dict[str, Any]:
         """The client's request as the policy server's own keys (cameras by slot, state, prompt)."""
@@ -197,13 +198,15 @@ class Robot:
     def settings(self, family: str) -> RobotSettings:
         """What the reference's training configs for this robot fix for a model family."""
         return RobotSettings(
-            action_horizon=self.action_horizon.get(family, DEFAULT_ACTION_HORIZON),
+            action_horizon=self.action_horizon.get(family, RobotSettings.default(family).action_horizon),
             delta_action_mask=self.delta_action_mask.get(family),
             discrete_state_input=self.discrete_state_input.get(family),
+            fast_action_dim=self.fast_action_dim,
         )
 
 
 DEFAULT_ACTION_HORIZON = 50  # openpi's Pi0Config default
+DEFAULT_FAST_ACTION_HORIZON = 32  # openpi's Pi0FASTConfig default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +217,14 @@ class RobotSettings:
     action_horizon: int = DEFAULT_ACTION_HORIZON
     delta_action_mask: tuple[bool, ...] | None = None
     discrete_state_input: bool | None = None
+    fast_action_dim: int | None = None
+
+    @classmethod
+    def default(cls, family: str) -> RobotSettings:
+        """openpi's defaults for a family without a robot: 32 actions per chunk for pi0-FAST, else 50."""
+        return cls(
+            action_horizon=DEFAULT_FAST_ACTION_HORIZON if family == "pi0_fast" else DEFAULT_ACTION_HORIZON
+        )
 
 
 def _flat_one_level(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,6 +253,7 @@ ROBOTS: dict[str, Robot] = {
             delta_action_mask={"pi0": _LIBERO_DELTA, "pi0_fast": _LIBERO_DELTA},
             action_horizon={"pi05": 10, "pi0_fast": 10},
             discrete_state_input={"pi05": False},
+            fast_action_dim=7,
         ),
         Robot(
             "droid",
@@ -250,6 +262,7 @@ ROBOTS: dict[str, Robot] = {
             action_dim=8,
             inputs=_droid,
             action_horizon={"pi0": 10, "pi0_fast": 10, "pi05": 15},
+            fast_action_dim=8,
         ),
         Robot(
             "aloha",

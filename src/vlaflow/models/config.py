@@ -12,6 +12,8 @@ from typing import Any
 
 # The three camera slots of the reference, in prefix order.
 REFERENCE_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+FAST_ID_LAYOUTS = ("appended", "reference")
+REFERENCE_FAST_SKIP = 128  # openpi's pi0-FAST leaves PaliGemma's last 128 ids alone
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class VLAConfig:
     through FAST tokens only. `fast_vocab_size` FAST action tokens get embedding rows after the
     `vocab_size` text tokens (ids vocab_size .. vocab_size + fast_vocab_size - 1), so they collide
     with no text, `<loc>` or `<seg>` token.
+    `fast_ids="reference"` is openpi's pi0-FAST instead: FAST id k is text id
+    `vocab_size - 1 - REFERENCE_FAST_SKIP - k` (PaliGemma's `<loc>` ids, below its final 128 ids),
+    with no rows of its own, and its prompt is lower-cased; converted openpi pi0-FAST models use it.
     `discrete_state_input` (openpi's name; None: `pi05`) writes the discretized state into the prompt;
     a pi0.5 model without it sees no state at all (the prompt takes pi0's form, "prompt\n"), so it
     must read where the robot is from its cameras.
@@ -69,6 +74,7 @@ class VLAConfig:
     pi05: bool
     vocab_size: int = 257_152
     fast_vocab_size: int = 0
+    fast_ids: str = "appended"
     action_dim: int = 32
     action_horizon: int = 50
     max_token_len: int = 48
@@ -94,6 +100,8 @@ class VLAConfig:
             raise ValueError("knowledge_insulation needs an action expert to insulate (expert is None)")
         if self.fast_vocab_size < 0:
             raise ValueError(f"fast_vocab_size must be >= 0, got {self.fast_vocab_size}")
+        if self.fast_ids not in FAST_ID_LAYOUTS:
+            raise ValueError(f"fast_ids={self.fast_ids!r}: expected one of {FAST_ID_LAYOUTS}")
         if not self.image_keys:
             raise ValueError("image_keys must name at least one camera")
         if self.discrete_state_input and not self.pi05:
@@ -120,8 +128,9 @@ class VLAConfig:
 
     @property
     def embedding_rows(self) -> int:
-        """Rows of the token embedding (and of the tied output head): text, then FAST tokens."""
-        return self.vocab_size + self.fast_vocab_size
+        """Rows of the token embedding (and of the tied output head): text, then FAST tokens (none
+        of their own where FAST ids reuse text ids, `fast_ids="reference"`)."""
+        return self.vocab_size + (self.fast_vocab_size if self.fast_ids == "appended" else 0)
 
     def replace(self, **changes: Any) -> VLAConfig:
         return dataclasses.replace(self, **changes)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 
+from vlaflow.models.config import REFERENCE_FAST_SKIP, VLAConfig
 from vlaflow.tokenizers.base import Tokenizer
 
 CONFIG_FILE = "fast_config.json"
@@ -307,37 +308,54 @@ class FastTokenizer:
 
 @dataclass(frozen=True)
 class FastIdRange:
-    """Where FAST ids live among the VLM's token ids: FAST id k is VLM id `offset + k`, 0 <= k < size.
+    """Where FAST ids live among the VLM's token ids: FAST id k is VLM id `offset + k`, 0 <= k < size
+    (or `offset - k` where `descending`, openpi's pi0-FAST layout).
 
     `FastIdRange.after(text_tokenizer, size)` appends the range to the text tokenizer's vocabulary,
     so it collides with no text, `<locNNNN>` or `<segNNN>` id: with PaliGemma (257,152 ids, `<loc>`
     256000..257023, `<seg>` 257024..257151) FAST ids are 257152..257152+size-1; with
     `EmbeddedTokenizer` they start at its `vocab_size`. The VLM's embedding then needs
-    `vlm_vocab_size` rows. (The reference maps FAST id k to `vocab_size - 1 - 128 - k`, onto the
-    `<loc>` tokens that detection targets use.)
+    `vlm_vocab_size` rows. The reference maps FAST id k to `vocab_size - 1 - 128 - k`, onto the
+    `<loc>` tokens that detection targets use (`for_model` of a model with `fast_ids="reference"`).
     """
 
     offset: int
     size: int
+    descending: bool = False
 
     @classmethod
     def after(cls, text_tokenizer: Tokenizer, size: int) -> FastIdRange:
         return cls(offset=text_tokenizer.vocab_size, size=size)
 
+    @classmethod
+    def for_model(cls, config: VLAConfig) -> FastIdRange:
+        """The FAST ids of a model with FAST tokens, in its layout (`VLAConfig.fast_ids`)."""
+        if config.fast_ids == "reference":
+            return cls(config.vocab_size - 1 - REFERENCE_FAST_SKIP, config.fast_vocab_size, descending=True)
+        return cls(config.vocab_size, config.fast_vocab_size)
+
     @property
     def vlm_vocab_size(self) -> int:
-        return self.offset + self.size
+        return self.offset + 1 if self.descending else self.offset + self.size
 
     def __contains__(self, vlm_id: int) -> bool:
-        return self.offset <= vlm_id < self.vlm_vocab_size
+        if self.descending:
+            return self.offset - self.size < vlm_id <= self.offset
+        return self.offset <= vlm_id < self.offset + self.size
 
     def to_vlm(self, fast_ids: Sequence[int]) -> list[int]:
         """VLM ids of FAST ids; a FAST id outside 0..size-1 is a ValueError."""
-        return [self.offset + k for k in _check_range(fast_ids, 0, self.size, "FAST id")]
+        sign = -1 if self.descending else 1
+        return [self.offset + sign * k for k in _check_range(fast_ids, 0, self.size, "FAST id")]
 
     def to_fast(self, vlm_ids: Sequence[int]) -> list[int]:
-        """FAST ids of VLM ids; a VLM id outside the FAST range (text, <loc>, EOS...) is a ValueError."""
-        return [i - self.offset for i in _check_range(vlm_ids, self.offset, self.vlm_vocab_size, "VLM id")]
+        """FAST ids of VLM ids; a VLM id outside the FAST range (text, EOS...) is a ValueError."""
+        if self.descending:
+            ids = _check_range(vlm_ids, self.offset - self.size + 1, self.offset + 1, "VLM id")
+            return [self.offset - i for i in ids]
+        return [
+            i - self.offset for i in _check_range(vlm_ids, self.offset, self.offset + self.size, "VLM id")
+        ]
 
 
 def _check_range(ids: Sequence[int], start: int, stop: int, what: str) -> list[int]:

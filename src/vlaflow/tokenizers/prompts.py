@@ -105,8 +105,11 @@ def model_prompt(
     config: VLAConfig, tokenizer: Tokenizer, prompt: str, state: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The padded prompt in the format `config` was built for (pi0, pi0.5 or with FAST tokens; a
-    model without `discrete_state_input` gets pi0's form and never the state)."""
+    model without `discrete_state_input` gets pi0's form and never the state; openpi's pi0-FAST,
+    `fast_ids="reference"`, lower-cases the prompt as its tokenizer does)."""
     with_state = config.state_in_prompt
+    if config.fast_ids == "reference":
+        prompt = prompt.lower()
     return tokenize_prompt(
         tokenizer,
         prompt,

@@ -45,7 +45,7 @@ from vlaflow.models import VLA, VLAConfig, preset
 from vlaflow.models.presets import EMBEDDED_VOCAB_SIZE
 from vlaflow.models.vla import FLOAT32_HEADS
 from vlaflow.pretrained import FAST_TOKENIZER_DIR, load_pretrained, read_config
-from vlaflow.tokenizers import EmbeddedTokenizer, FastTokenizer, PaliGemmaTokenizer, Tokenizer
+from vlaflow.tokenizers import EmbeddedTokenizer, FastIdRange, FastTokenizer, PaliGemmaTokenizer, Tokenizer
 from vlaflow.training.checkpoint import complete_checkpoints, latest_checkpoint, load_latest, save_checkpoint
 from vlaflow.training.configs import TrainConfig, resume_changes
 from vlaflow.training.distributed import (
@@ -330,7 +330,7 @@ class Trainer:
                 f"FAST tokenizer (vocabulary {fast.vocab_size}, horizon {fast.action_horizon}) does not "
                 f"fit the model (fast_vocab_size {m.fast_vocab_size}, action_horizon {m.action_horizon})"
             )
-        return ActionTokens(fast=fast, offset=m.vocab_size, max_len=c.max_fast_tokens)
+        return ActionTokens(fast=fast, ids=FastIdRange.for_model(m), max_len=c.max_fast_tokens)
 
     def _sampler(self) -> StepSampler:
         c = self.config
