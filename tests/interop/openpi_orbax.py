@@ -9,12 +9,18 @@ leading layer axis of `nn.scan`, einsum kernels), written from the modules' own 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vlaflow import VLA
+from vlaflow.interop.openpi_jax import Detected
+from vlaflow.models import GemmaConfig, SiglipConfig
+from vlaflow.pretrained import load_pretrained
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -145,37 +151,52 @@ def jax_tree(model: VLA) -> dict:
     return tree
 
 
-def as_state(tree: dict) -> dict:
-    """Every leaf wrapped as `{"value": leaf}`: how an `nnx.State` saved during openpi training looks."""
-    return {k: as_state(v) if isinstance(v, dict) else {"value": v} for k, v in tree.items()}
+def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
-def cast(tree: dict, dtype) -> dict:
-    return {k: cast(v, dtype) if isinstance(v, dict) else v.astype(dtype) for k, v in tree.items()}
+def _worker(*args: str) -> None:
+    """orbax runs in a child process (`orbax_worker.py`): JAX's threads must not start in pytest's."""
+    worker = Path(__file__).with_name("orbax_worker.py")
+    result = subprocess.run([sys.executable, str(worker), *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"orbax worker {args[0]} failed:\n{result.stderr[-3000:]}")
 
 
-def save_released(tree: dict, checkpoint: Path) -> Path:
-    """`checkpoint/params/` as openpi's released checkpoints hold it (`{"params": pure dict}`)."""
-    import orbax.checkpoint as ocp
-
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save((checkpoint / "params").resolve(), {"params": tree})
+def save_released(tree: dict, checkpoint: Path, dtype: str | None = None) -> Path:
+    """`checkpoint/params/` as openpi's released checkpoints hold it (`{"params": pure dict}`),
+    written with `ocp.PyTreeCheckpointer`; `dtype="bfloat16"` stores every array in bf16."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    np.savez(checkpoint / "tree.npz", **_flat(tree))
+    _worker("save-released", str(checkpoint / "tree.npz"), str(checkpoint), *([dtype] if dtype else []))
+    (checkpoint / "tree.npz").unlink()
     return checkpoint
 
 
 def save_training_step(tree: dict, run: Path, step: int) -> Path:
     """`run/<step>/params/` as openpi's training writes it (a CheckpointManager item `params` holding
-    `{"params": nnx State}`, next to `train_state`)."""
-    import orbax.checkpoint as ocp
-
-    handlers = {"params": ocp.PyTreeCheckpointHandler(), "train_state": ocp.PyTreeCheckpointHandler()}
-    with ocp.CheckpointManager(run.resolve(), item_handlers=handlers) as manager:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.PyTreeSave({"params": as_state(tree)}),
-                train_state=ocp.args.PyTreeSave({"step": np.asarray(step)}),
-            ),
-        )
-        manager.wait_until_finished()
+    `{"params": nnx State}`, every leaf under `value`, next to `train_state`)."""
+    run.mkdir(parents=True, exist_ok=True)
+    np.savez(run / "tree.npz", **_flat(tree))
+    _worker("save-step", str(run / "tree.npz"), str(run), str(step))
+    (run / "tree.npz").unlink()
     return run / str(step)
+
+
+def convert(checkpoint: Path, out: Path, **options) -> tuple[VLA, Detected, dict[str, np.ndarray]]:
+    """`load_jax_checkpoint(checkpoint, **options)` in a child process (`robot=NAME` for a robot's
+    settings): the model, what was detected, and `read_params`' arrays (as float32)."""
+    _worker("convert", str(checkpoint), str(out), json.dumps(options))
+    raw = json.loads((out / "detected.json").read_text())
+    detected = Detected(
+        **{
+            **raw,
+            "vision": SiglipConfig(**raw["vision"]),
+            "vlm": GemmaConfig(**raw["vlm"]),
+            "expert": GemmaConfig(**raw["expert"]) if raw["expert"] else None,
+        }
+    )
+    return load_pretrained(out).model.eval(), detected, dict(np.load(out / "params.npz"))

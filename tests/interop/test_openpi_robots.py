@@ -4,6 +4,7 @@ converted from an orbax checkpoint with the robot's norm_stats.json."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,19 +12,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-from openpi_orbax import jax_tree, save_released
+from openpi_orbax import convert, jax_tree, save_released
 
 from helpers import randomize_
 from vlaflow import VLA, preset
 from vlaflow.inference.policy import Policy
 from vlaflow.inference.server import ServerConfig, server_for_policy
-from vlaflow.interop.openpi_jax import load_jax_checkpoint
 from vlaflow.interop.openpi_norm import openpi_metadata
 from vlaflow.interop.openpi_robots import JOINT_FLIP, gripper_from_angular, gripper_to_angular, robot
 from vlaflow.pretrained import read_config, save_pretrained
 from vlaflow.tokenizers import EmbeddedTokenizer
 
-pytest.importorskip("orbax.checkpoint")
+if importlib.util.find_spec("orbax") is None:  # not imported here: JAX must not start in pytest's process
+    pytest.skip("needs orbax-checkpoint (vlaflow[openpi])", allow_module_level=True)
 websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
 
 
@@ -50,7 +51,7 @@ def converted(tmp_path, name: str, robot_name: str) -> tuple[Policy, dict]:
     (ckpt / "assets" / robot_name).mkdir(parents=True)
     stats = {"state": _stats(r.state_dim, 1), "actions": _stats(r.action_dim, 2)}
     (ckpt / "assets" / robot_name / "norm_stats.json").write_text(json.dumps({"norm_stats": stats}))
-    model, detected = load_jax_checkpoint(ckpt, max_token_len=64, settings=r.settings)
+    model, detected, _ = convert(ckpt, tmp_path / "conv", max_token_len=64, robot=robot_name)
     metadata = openpi_metadata(
         ckpt / "assets" / robot_name / "norm_stats.json",
         robot_name,
