@@ -71,3 +71,6 @@ if __name__ == "__main__":
         ("pi05", "released_bf16"),
     ]:
         print(json.dumps(compare(ref, name, checkpoint)))
+    for name in ("pi0", "pi05"):  # sharper attention: layout mistakes in q / k would show
+        if (ref / "sharp_attn" / name / "released").is_dir():
+            print(json.dumps(compare(ref / "sharp_attn", name, "released")))
