@@ -86,6 +86,7 @@ def _convert(args: argparse.Namespace) -> int:
             settings=trained,
             action_dim=fast.action_dim if fast else args.action_dim,
             fast_vocab_size=fast.vocab_size if fast else None,
+            lora_scale=args.lora_scale,
             dtype=dtype,
         )
         print(f"openpi JAX checkpoint {args.checkpoint}")
@@ -687,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint's own assets/); quantile normalization for pi0.5 and pi0-FAST, z-score for pi0",
     )
     convert.add_argument("--asset-id", help="which asset's statistics, where assets/ holds several")
+    convert.add_argument(
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        help="alpha / rank of a LoRA fine-tune's attention adapters, folded into the weights (openpi's: 1)",
+    )
     convert.add_argument(
         "--robot",
         help="libero, droid or aloha: record what the reference trained this robot's models with (delta "

@@ -362,3 +362,27 @@ def test_jax_never_started_in_the_test_process():
     import sys
 
     assert "jax" not in sys.modules
+
+
+def test_lora_fine_tunes_are_folded_into_their_base_weights(tmp_path):
+    """openpi's low-memory fine-tunes store LoRA pairs next to the base weights: einsum kernels
+    compute with w + (alpha / rank) * lora_a @ lora_b, the MLP with w + a @ b (unscaled)."""
+    source = _source("pi05_tiny", seed=11)
+    tree = jax_tree(source)
+    rng = np.random.default_rng(0)
+    attn, mlp = tree["PaliGemma"]["llm"]["layers"]["attn"], tree["PaliGemma"]["llm"]["layers"]["mlp_1"]
+    for node, key, scale in ((attn["q_einsum"], "w", 2.0), (attn["kv_einsum_1"], "w", 2.0)):
+        w = node[key]
+        a = rng.normal(0, 0.1, (*w.shape[:-1], 4)).astype(np.float32)
+        b = rng.normal(0, 0.1, (*w.shape[:-2], 4, w.shape[-1])).astype(np.float32)
+        node[key], node["lora_a"], node["lora_b"] = w - scale * (a @ b), a, b
+    for key in ("gating_einsum", "linear"):
+        w = mlp[key]
+        a = rng.normal(0, 0.1, (*w.shape[:-1], 4)).astype(np.float32)
+        b = rng.normal(0, 0.1, (*w.shape[:-2], 4, w.shape[-1])).astype(np.float32)
+        mlp[key], mlp[f"{key}_lora_a"], mlp[f"{key}_lora_b"] = w - a @ b, a, b
+    save_released(tree, tmp_path / "ckpt")
+    loaded, detected, _ = convert(tmp_path / "ckpt", tmp_path / "out", max_token_len=64, lora_scale=2.0)
+    assert detected.lora_pairs == 4
+    for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=key)

@@ -128,6 +128,7 @@ class Detected:
     vocab_size: int
     action_dim: int | None  # None for pi0-FAST (it acts through tokens)
     dtype: str
+    lora_pairs: int = 0  # LoRA pairs folded into their base weights
 
     def summary(self) -> str:
         def gemma(c: GemmaConfig) -> str:
@@ -148,6 +149,8 @@ class Detected:
         if self.action_dim is not None:
             lines.append(f"action dim: {self.action_dim}")
         lines.append(f"stored dtype: {self.dtype}")
+        if self.lora_pairs:
+            lines.append(f"LoRA: {self.lora_pairs} pairs folded into their base weights")
         return "\n".join(lines)
 
     def config(
@@ -214,13 +217,36 @@ def _gemma(params: Mapping[str, np.ndarray], suffix: str) -> GemmaConfig:
     )
 
 
+def merge_lora(params: Mapping[str, np.ndarray], scale: float = 1.0) -> tuple[dict[str, np.ndarray], int]:
+    """The tree with openpi's LoRA pairs folded into their base weights, and how many pairs there were.
+
+    An einsum kernel `w` (..., P, Q) with `lora_a` (..., P, r) and `lora_b` (..., r, Q) computes with
+    `w + scale * lora_a @ lora_b` (`scale` is openpi's alpha / rank: 1 in its `gemma_2b_lora` and
+    `gemma_300m_lora`); the MLP's `gating_einsum` and `linear` add their `_lora_a @ _lora_b`
+    unscaled, as openpi's `FeedForward` does."""
+    merged, pairs = dict(params), 0
+    for key in [k for k in params if k.endswith("lora_a")]:
+        if key.endswith("/lora_a"):
+            base, factor = key.removesuffix("lora_a") + "w", scale
+        else:
+            base, factor = key.removesuffix("_lora_a"), 1.0
+        b_key = key.removesuffix("a") + "b"
+        if base not in merged or b_key not in merged:
+            raise ValueError(f"LoRA array {key} without its base weight {base} or its partner {b_key}")
+        weight = merged[base]
+        delta = np.matmul(merged.pop(key).astype(np.float32), merged.pop(b_key).astype(np.float32))
+        merged[base] = (weight.astype(np.float32) + factor * delta).astype(weight.dtype)
+        pairs += 1
+    return merged, pairs
+
+
 def detect(params: Mapping[str, np.ndarray]) -> Detected:
     """Family and sizes of an openpi parameter tree (as `read_params` returns it)."""
-    lora = sorted(k for k in params if "/lora_a" in k or "/lora_b" in k)
+    lora = sorted(k for k in params if k.endswith(("lora_a", "lora_b")))
     if lora:
         raise ValueError(
-            f"the checkpoint holds {len(lora)} LoRA arrays (first: {lora[0]}); merge them into the base "
-            "weights before converting (not supported yet)"
+            f"the tree holds {len(lora)} LoRA arrays (first: {lora[0]}): fold them into the base weights "
+            "first (merge_lora)"
         )
     block = "PaliGemma/img/Transformer/encoderblock/"
     patch, _, _, vision_width = _need(params, "PaliGemma/img/embedding/kernel").shape
@@ -381,17 +407,19 @@ def load_jax_checkpoint(
     settings: Callable[[str], RobotSettings] | None = None,
     action_dim: int | None = None,
     fast_vocab_size: int | None = None,
+    lora_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[VLA, Detected]:
     """A `VLA` with the weights of an openpi JAX checkpoint, and what was detected in it.
     `settings(family)`: what the model was trained with (a robot's, `Robot.settings`); an explicit
     `action_horizon` / `action_dim` wins over it. `action_dim` and `fast_vocab_size` (its FAST
-    tokenizer's) matter only for pi0-FAST."""
+    tokenizer's) matter only for pi0-FAST. LoRA pairs (openpi's low-memory fine-tunes) are folded into
+    their base weights with `lora_scale` (alpha / rank)."""
     from vlaflow.interop.openpi import load_reference_tensors
 
-    params = read_params(path)
-    detected = detect(params)
+    params, lora_pairs = merge_lora(read_params(path), lora_scale)
+    detected = dataclasses.replace(detect(params), lora_pairs=lora_pairs)
     tensors = reference_tensors(params, detected)
     del params
     trained = settings(detected.family) if settings is not None else RobotSettings.default(detected.family)
