@@ -224,3 +224,73 @@ def test_convert_robot_records_the_reference_settings(tmp_path):
     config = read_config(tmp_path / "out")
     assert config["metadata"]["robot"] == "libero"
     assert config["model"]["discrete_state_input"] is False and config["model"]["action_horizon"] == 10
+
+
+def test_openpi_pi0_fast_fills_the_slots_as_the_reference_fast_configs():
+    """openpi's pi0-FAST: LIBERO shows a black right-wrist image (not masked); DROID uses a base, a
+    black second base and a wrist slot. pi0 / pi0.5 leave the missing camera's slot masked."""
+    libero = {
+        "observation/image": _image(1),
+        "observation/wrist_image": _image(2),
+        "observation/state": np.zeros(8),
+        "prompt": "x",
+    }
+    plain = robot("libero").request(libero)
+    assert "right_wrist_0_rgb" not in plain and np.array_equal(plain["base_0_rgb"], _image(1))
+    fast = robot("libero").request(libero, fast=True)
+    assert [k for k in fast if k.endswith("rgb")] == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"]
+    assert not fast["right_wrist_0_rgb"].any() and fast["right_wrist_0_rgb"].shape == (224, 224, 3)
+    droid = {
+        "observation/exterior_image_1_left": _image(3),
+        "observation/wrist_image_left": _image(4),
+        "observation/joint_position": np.zeros(7),
+        "observation/gripper_position": np.zeros(1),
+        "prompt": "x",
+    }
+    fast = robot("droid").request(droid, fast=True)
+    assert [k for k in fast if k.endswith("rgb")] == ["base_0_rgb", "base_1_rgb", "wrist_0_rgb"]
+    assert np.array_equal(fast["wrist_0_rgb"], _image(4)) and not fast["base_1_rgb"].any()
+    settings = robot("droid").settings("pi0_fast")
+    assert settings.image_keys == ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
+    assert (settings.action_horizon, settings.fast_action_dim) == (10, 8)
+    assert robot("droid").settings("pi05").image_keys is None
+
+
+def test_droid_client_against_a_converted_pi0_fast(tmp_path):
+    from vlaflow.pretrained import FAST_TOKENIZER_DIR
+    from vlaflow.tokenizers import FastTokenizer
+
+    torch.manual_seed(0)
+    source = VLA(preset("pi0fast_tiny").replace(fast_ids="reference"))
+    randomize_(source)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 10)[None, :, None]
+    fast = FastTokenizer.fit(np.sin(2 * np.pi * (t + rng.uniform(0, 1, (200, 1, 8)))), vocab_size=200)
+    model, _, _ = convert(
+        tmp_path / "ckpt", tmp_path / "conv", max_token_len=64, robot="droid", fast_vocab_size=fast.vocab_size
+    )
+    assert model.config.image_keys == ("base_0_rgb", "base_1_rgb", "wrist_0_rgb")
+    assert (model.config.action_horizon, model.config.action_dim) == (10, 8)
+    (tmp_path / "stats").mkdir()
+    stats = {"state": _stats(8, 1), "actions": _stats(8, 2)}
+    (tmp_path / "stats" / "norm_stats.json").write_text(json.dumps({"norm_stats": stats}))
+    metadata = openpi_metadata(
+        tmp_path / "stats" / "norm_stats.json",
+        "droid",
+        family="pi0_fast",
+        action_horizon=10,
+        image_keys=model.config.image_keys,
+    ) | {"robot": "droid"}
+    save_pretrained(tmp_path / "out", model, tokenizer=EmbeddedTokenizer(), metadata=metadata)
+    fast.save(tmp_path / "out" / FAST_TOKENIZER_DIR)
+    policy = Policy.load(tmp_path / "out")
+    request = {
+        "observation/exterior_image_1_left": _image(5),
+        "observation/wrist_image_left": _image(6),
+        "observation/joint_position": np.zeros(7),
+        "observation/gripper_position": np.zeros(1),
+        "prompt": "wipe the table",
+    }
+    _, (reply,) = _serve_and_ask(policy, metadata, [request])
+    assert reply["actions"].shape == (10, 8) and np.isfinite(reply["actions"]).all()

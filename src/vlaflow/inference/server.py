@@ -651,9 +651,11 @@ def server_for_policy(
     horizon = model.action_horizon
     action_dim = policy.action_dim
     cameras = policy.stats.cameras
+    fast_layout = model.fast_ids == "reference"  # openpi's pi0-FAST fills the slots its own way
     if robot is not None:
         _check_robot(policy, robot)
-        cameras, key_map, action_dim = {slot: slot for slot in robot.slots}, {}, robot.action_dim
+        cameras = {slot: slot for slot, _ in robot.layout(fast_layout)}
+        key_map, action_dim = {}, robot.action_dim
     spec = ServingSpec.from_metadata(
         checkpoint_metadata,
         cameras=cameras,
@@ -663,7 +665,7 @@ def server_for_policy(
         action_dim=action_dim,
         action_horizon=horizon,
         subtask_required=policy.mode == "oracle",
-        adapt=robot.request if robot is not None else None,
+        adapt=functools.partial(robot.request, fast=fast_layout) if robot is not None else None,
         default_prompt=default_prompt,
     )
     if robot is not None:

@@ -30,6 +30,7 @@ import torch
 
 from vlaflow.interop.openpi_robots import RobotSettings
 from vlaflow.models import VLA, GemmaConfig, SiglipConfig, VLAConfig
+from vlaflow.models.config import REFERENCE_IMAGE_KEYS
 
 EXTRA_HINT = 'reading openpi JAX checkpoints needs orbax: pip install "vlaflow[openpi]"'
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "checkpoint")  # a PyTree item (not a step's own metadata)
@@ -161,6 +162,7 @@ class Detected:
         discrete_state_input: bool | None = None,
         action_dim: int | None = None,
         fast_vocab_size: int | None = None,
+        image_keys: tuple[str, ...] | None = None,
     ) -> VLAConfig:
         """The model config; chunk length, prompt length, the state in the prompt and, for pi0-FAST,
         the action width and the FAST vocabulary (its tokenizer's) are not in the weights. pi0-FAST
@@ -182,6 +184,7 @@ class Detected:
                 action_dim=action_dim or DEFAULT_FAST_ACTION_DIM,
                 action_horizon=action_horizon,
                 max_token_len=max_token_len if max_token_len is not None else DEFAULT_FAST_PROMPT_TOKENS,
+                image_keys=image_keys or REFERENCE_IMAGE_KEYS,
             )
         pi05 = self.family == "pi05"
         return VLAConfig(
@@ -429,6 +432,7 @@ def load_jax_checkpoint(
         discrete_state_input=trained.discrete_state_input,
         action_dim=action_dim or trained.fast_action_dim,
         fast_vocab_size=fast_vocab_size,
+        image_keys=trained.image_keys,
     )
     with torch.device("meta"):
         model = VLA(config)

@@ -33,6 +33,10 @@ import numpy as np
 from vlaflow.inference.schema import DEFAULT_STATE_KEY, RequestError
 
 BASE, LEFT_WRIST, RIGHT_WRIST = "base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"
+Layout = tuple[tuple[str, str | None], ...]
+"""Model image slots in order and the camera filling each (None: a black image the model sees, as
+openpi's pi0-FAST does; a camera the request lacks leaves its slot empty and masked)."""
+PI0_LAYOUT: Layout = ((BASE, BASE), (LEFT_WRIST, LEFT_WRIST), (RIGHT_WRIST, RIGHT_WRIST))
 
 
 def parse_image(key: str, image: Any) -> np.ndarray:
@@ -176,7 +180,7 @@ class Robot:
     """One of openpi's robots: its requests in, its actions out, and the reference's settings."""
 
     name: str
-    slots: tuple[str, ...]  # model image slots the robot fills; the others stay empty (masked)
+    slots: tuple[str, ...]  # the cameras it sends, named by the pi0 / pi0.5 slot they fill
     state_dim: int
     action_dim: int
     inputs: Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -186,14 +190,25 @@ class Robot:
     action_horizon: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per family
     discrete_state_input: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # per family
     fast_action_dim: int | None = None  # pi0-FAST's action width in the reference's configs
+    fast_layout: Layout | None = None  # pi0-FAST's slots in the reference's configs
 
-    def request(self, message: Any) -> dict[str, Any]:
+    def layout(self, fast: bool) -> Layout:
+        """How the robot's cameras fill the model's slots (pi0-FAST: as the reference's FAST configs)."""
+        if fast and self.fast_layout is not None:
+            return self.fast_layout
+        return tuple((slot, camera) for slot, camera in PI0_LAYOUT if camera in self.slots)
+
+    def request(self, message: Any, fast: bool = False) -> dict[str, Any]:
         """The client's request as the policy server's own keys (cameras by slot, state, prompt)."""
         if not isinstance(message, Mapping):
             raise RequestError(
                 "frame", f"got {type(message).__name__}", f"a map as openpi's {self.name} client sends"
             )
-        return self.inputs(_flat_one_level(message))
+        features = self.inputs(_flat_one_level(message))
+        cameras = {camera: features.pop(camera) for camera in self.slots}
+        black = np.zeros_like(cameras[BASE])
+        images = {slot: black if camera is None else cameras[camera] for slot, camera in self.layout(fast)}
+        return {**images, **features}
 
     def settings(self, family: str) -> RobotSettings:
         """What the reference's training configs for this robot fix for a model family."""
@@ -202,6 +217,9 @@ class Robot:
             delta_action_mask=self.delta_action_mask.get(family),
             discrete_state_input=self.discrete_state_input.get(family),
             fast_action_dim=self.fast_action_dim,
+            image_keys=tuple(slot for slot, _ in self.fast_layout)
+            if family == "pi0_fast" and self.fast_layout
+            else None,
         )
 
 
@@ -218,6 +236,7 @@ class RobotSettings:
     delta_action_mask: tuple[bool, ...] | None = None
     discrete_state_input: bool | None = None
     fast_action_dim: int | None = None
+    image_keys: tuple[str, ...] | None = None  # the model's slots, where not openpi's usual three
 
     @classmethod
     def default(cls, family: str) -> RobotSettings:
@@ -254,6 +273,7 @@ ROBOTS: dict[str, Robot] = {
             action_horizon={"pi05": 10, "pi0_fast": 10},
             discrete_state_input={"pi05": False},
             fast_action_dim=7,
+            fast_layout=((BASE, BASE), (LEFT_WRIST, LEFT_WRIST), (RIGHT_WRIST, None)),
         ),
         Robot(
             "droid",
@@ -263,6 +283,7 @@ ROBOTS: dict[str, Robot] = {
             inputs=_droid,
             action_horizon={"pi0": 10, "pi0_fast": 10, "pi05": 15},
             fast_action_dim=8,
+            fast_layout=((BASE, BASE), ("base_1_rgb", None), ("wrist_0_rgb", LEFT_WRIST)),
         ),
         Robot(
             "aloha",
