@@ -386,3 +386,14 @@ def test_lora_fine_tunes_are_folded_into_their_base_weights(tmp_path):
     assert detected.lora_pairs == 4
     for (key, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=key)
+
+
+def test_without_orbax_the_error_names_the_extra(tmp_path, monkeypatch):
+    from vlaflow.interop.openpi_jax import read_params
+
+    source = _source("pi0_tiny", seed=12)
+    save_released(jax_tree(source), tmp_path / "ckpt")
+    monkeypatch.setitem(sys.modules, "orbax", None)  # as if orbax-checkpoint were not installed
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
+    with pytest.raises(ImportError, match=r'pip install "vlaflow\[openpi\]"'):
+        read_params(tmp_path / "ckpt")
