@@ -200,3 +200,9 @@ def convert(checkpoint: Path, out: Path, **options) -> tuple[VLA, Detected, dict
         }
     )
     return load_pretrained(out).model.eval(), detected, dict(np.load(out / "params.npz"))
+
+
+def run_convert(checkpoint: Path, *options: str) -> subprocess.CompletedProcess:
+    """`vlaflow convert CHECKPOINT OPTIONS...` as a user runs it (its own process)."""
+    command = [sys.executable, "-m", "vlaflow.cli", "convert", str(checkpoint), *options]
+    return subprocess.run(command, capture_output=True, text=True, check=False)

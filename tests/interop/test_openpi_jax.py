@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from openpi_orbax import convert, jax_tree, save_released, save_training_step
+from openpi_orbax import convert, jax_tree, run_convert, save_released, save_training_step
 
 from helpers import make_observation, randomize_
 from vlaflow import VLA, preset
@@ -143,23 +142,14 @@ def test_unknown_or_partial_trees_fail_naming_what_is_missing(tmp_path):
 def test_convert_command_prints_what_it_found(tmp_path):
     source = _source("pi05_tiny", seed=5)
     save_released(jax_tree(source), tmp_path / "ckpt")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlaflow.cli",
-            "convert",
-            str(tmp_path / "ckpt"),
-            "--output",
-            str(tmp_path / "out"),
-            "--action-horizon",
-            "50",
-            "--max-token-len",
-            "64",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_convert(
+        tmp_path / "ckpt",
+        "--output",
+        str(tmp_path / "out"),
+        "--action-horizon",
+        "50",
+        "--max-token-len",
+        "64",
     )
     assert result.returncode == 0, result.stderr
     assert "openpi JAX checkpoint" in result.stdout and "family: pi05" in result.stdout
@@ -227,16 +217,8 @@ def test_convert_reads_the_assets_beside_params_and_names_bad_files(tmp_path):
 
     save_released(jax_tree(_source("pi05_tiny", seed=7)), tmp_path / "ckpt")
     _write_assets(tmp_path / "ckpt")
-    command = [
-        sys.executable,
-        "-m",
-        "vlaflow.cli",
-        "convert",
-        str(tmp_path / "ckpt"),
-        "--max-token-len",
-        "64",
-    ]
-    result = subprocess.run([*command, "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    command = ("--max-token-len", "64")
+    result = run_convert(tmp_path / "ckpt", *command, "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "normalization: quantile, statistics of 'my_robot'" in result.stdout
     metadata = read_config(tmp_path / "out")["metadata"]
@@ -244,11 +226,9 @@ def test_convert_reads_the_assets_beside_params_and_names_bad_files(tmp_path):
     assert metadata["norm_stats"]["my_robot"]["state"]["q99"] == STATE["q99"]
     assert metadata["norm_stats"]["my_robot"]["state"]["min"] == [None] * 3  # openpi keeps none
     _write_assets(tmp_path / "ckpt", "other", {"state": {"mean": [0.0], "std": [1.0]}, "actions": ACTIONS})
-    result = subprocess.run([*command, "--output", str(tmp_path / "o2")], capture_output=True, text=True)
+    result = run_convert(tmp_path / "ckpt", *command, "--output", str(tmp_path / "o2"))
     assert result.returncode == 2 and "choose one with --asset-id" in result.stderr
-    result = subprocess.run(
-        [*command, "--output", str(tmp_path / "o3"), "--asset-id", "other"], capture_output=True, text=True
-    )
+    result = run_convert(tmp_path / "ckpt", *command, "--output", str(tmp_path / "o3"), "--asset-id", "other")
     assert result.returncode == 2 and "norm_stats.state lacks ['q01', 'q99']" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -320,31 +300,20 @@ def test_pi0_fast_converts_with_the_reference_id_layout_and_decodes_with_it(tmp_
 
 def test_convert_pi0_fast_needs_its_tokenizer_and_records_it(tmp_path):
     _, fast = _pi0_fast_checkpoint(tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "vlaflow.cli",
-        "convert",
-        str(tmp_path / "ckpt"),
-        "--max-token-len",
-        "64",
-    ]
-    result = subprocess.run([*command, "--output", str(tmp_path / "o1")], capture_output=True, text=True)
+    command = ("--max-token-len", "64")
+    result = run_convert(tmp_path / "ckpt", *command, "--output", str(tmp_path / "o1"))
     assert result.returncode == 2 and "--fast-tokenizer" in result.stderr
-    result = subprocess.run(
-        [
-            *command,
-            "--output",
-            str(tmp_path / "o2"),
-            "--fast-tokenizer",
-            str(tmp_path / "fast"),
-            "--action-horizon",
-            "10",
-            "--action-dim",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_convert(
+        tmp_path / "ckpt",
+        *command,
+        "--output",
+        str(tmp_path / "o2"),
+        "--fast-tokenizer",
+        str(tmp_path / "fast"),
+        "--action-horizon",
+        "10",
+        "--action-dim",
+        "2",
     )
     assert result.returncode == 0, result.stderr
     assert (

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from openpi_orbax import convert, jax_tree, save_released
+from openpi_orbax import convert, jax_tree, run_convert, save_released
 
 from helpers import randomize_
 from vlaflow import VLA, preset
@@ -205,20 +203,9 @@ def test_convert_robot_records_the_reference_settings(tmp_path):
     (tmp_path / "ckpt" / "assets" / "physical-intelligence" / "libero" / "norm_stats.json").write_text(
         json.dumps({"norm_stats": stats})
     )
-    command = [
-        sys.executable,
-        "-m",
-        "vlaflow.cli",
-        "convert",
-        str(tmp_path / "ckpt"),
-        "--output",
-        str(tmp_path / "out"),
-        "--robot",
-        "libero",
-        "--max-token-len",
-        "64",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = run_convert(
+        tmp_path / "ckpt", "--output", str(tmp_path / "out"), "--robot", "libero", "--max-token-len", "64"
+    )
     assert result.returncode == 0, result.stderr
     assert "action horizon: 10" in result.stdout and "state in the prompt: False" in result.stdout
     config = read_config(tmp_path / "out")
